@@ -1,0 +1,52 @@
+"""Error types; each maps to a documented process exit code."""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_VERIFY = 3
+EXIT_BUDGET = 4
+EXIT_REFUSED = 5
+EXIT_INTERRUPTED = 130
+
+EXIT_CODES = {
+    EXIT_OK: "success",
+    EXIT_ERROR: "error: missing or unreadable file, bad input, output already exists",
+    EXIT_USAGE: "usage error: unknown option, missing argument",
+    EXIT_VERIFY: "verification failed: bad signature, corrupt or truncated file, wrong kind, "
+    "federation, round, sender, parent or tensor layout",
+    EXIT_BUDGET: "privacy budget would be exceeded; nothing was trained",
+    EXIT_REFUSED: "refused by the protocol: e.g. a second masked update for a round, "
+    "too few sites, a second closure",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C); no partial output is left",
+}
+
+
+class FedxrayError(Exception):
+    """A user-facing error: one line of message, an optional hint, an exit code."""
+
+    exit_code = EXIT_ERROR
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+class VerificationError(FedxrayError):
+    """A file failed signature, integrity or provenance checks."""
+
+    exit_code = EXIT_VERIFY
+
+
+class BudgetExceededError(FedxrayError):
+    """Training would spend more privacy than the budget allows."""
+
+    exit_code = EXIT_BUDGET
+
+
+class ProtocolRefusal(FedxrayError):
+    """A step the protocol forbids (e.g. masking twice in one round)."""
+
+    exit_code = EXIT_REFUSED
