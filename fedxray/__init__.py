@@ -1,3 +1,3 @@
-"""fedxray: offline federated, differentially private chest X-ray classification over signed files."""
+"""fedxray: offline federated, differentially private chest X-ray classification."""
 
 __version__ = "0.1.0"

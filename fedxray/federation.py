@@ -1,0 +1,153 @@
+"""Setting up a federation: the coordinator's key and card, the plan, the first global model."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fedxray import keys
+from fedxray.errors import FedxrayError
+from fedxray.fsio import check_writable, read_input, write_atomic
+from fedxray.modelfile import build_model_artifact, model_filename
+from fedxray.plan import card_bytes, create_plan, plan_from_bytes
+
+COORDINATOR = "coordinator"
+
+
+@dataclass
+class InitResult:
+    plan_path: Path
+    model_path: Path
+    key_path: Path
+    card_path: Path
+    key_created: bool
+    plan_summary: dict
+    pretrained: dict | None
+
+
+def ensure_identity(name: str, folder: Path) -> tuple[keys.PrivateIdentity, Path, Path, bool]:
+    """Load NAME.key from folder, or create it (and NAME.pub) if absent. Keys are never replaced."""
+    key_path, card_path = folder / f"{name}.key", folder / f"{name}.pub"
+    if key_path.exists():
+        ident = keys.load_private_key(key_path)
+        if not card_path.exists():
+            write_atomic(card_path, card_bytes(ident))
+        return ident, key_path, card_path, False
+    ident = keys.generate(name)
+    check_writable(card_path)
+    keys.save_private_key(ident, key_path)
+    write_atomic(card_path, card_bytes(ident))
+    return ident, key_path, card_path, True
+
+
+def load_pretrained(
+    path: Path, layout: dict[str, tuple[tuple[int, ...], str]]
+) -> tuple[dict, dict]:
+    """Read pretrained weights from a safetensors file (never pickle) and fit them to the model.
+
+    Tensors are taken by name where the shape matches; a 3-channel first convolution is summed
+    to one channel for greyscale input. Returns (weights, report).
+    """
+    from safetensors import SafetensorsError
+    from safetensors.numpy import load as st_load
+
+    data = read_input(path, "pretrained weights")
+    try:
+        src = st_load(data)
+    except (SafetensorsError, ValueError, OSError) as e:
+        raise FedxrayError(f"{path} is not a readable safetensors file ({e})") from None
+    weights, adapted, skipped = {}, [], []
+    for name, (shape, _) in layout.items():
+        t = src.get(name)
+        if t is None:
+            continue
+        t = np.asarray(t, dtype=np.float32)
+        if (
+            t.shape != tuple(shape)
+            and t.ndim == 4
+            and len(shape) == 4
+            and shape[1] == 1
+            and t.shape[1] == 3
+        ):
+            t = t.sum(axis=1, keepdims=True)
+            adapted.append(name)
+        if t.shape != tuple(shape):
+            skipped.append(name)
+            continue
+        if not np.isfinite(t).all():
+            raise FedxrayError(f"{path}: tensor {name} has non-finite values")
+        weights[name] = t
+    if not weights:
+        raise FedxrayError(
+            f"no tensor in {path} matches the plan's model",
+            hint="use the model's tensor names (see: fedxray inspect on a .model file)",
+        )
+    report = {
+        "file": str(path),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "loaded": len(weights),
+        "of": len(layout),
+        "adapted_to_greyscale": adapted,
+        "shape_mismatch": skipped,
+    }
+    return weights, report
+
+
+def initialise(
+    name: str,
+    out_dir: Path,
+    site_card_files: list[Path],
+    settings: dict,
+    *,
+    init_weights: Path | None = None,
+    seed: int | None = None,
+    force: bool = False,
+) -> InitResult:
+    from fedxray.models.registry import build_model, state_to_numpy
+    from fedxray.plan import card_from_bytes
+
+    keys.check_name(name)
+    if not site_card_files:
+        raise FedxrayError(
+            "no site cards given", hint="fedxray init --name NAME -o DIR A.pub B.pub C.pub"
+        )
+    sites = [card_from_bytes(read_input(p, "site card"), what=str(p)) for p in site_card_files]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plan_path, model_path = out_dir / f"{name}.plan", out_dir / model_filename(1)
+    for p in (plan_path, model_path):
+        check_writable(p, force=force)
+    ident, key_path, card_path, created = ensure_identity(COORDINATOR, out_dir)
+    plan_data = create_plan(name, ident, sites, settings)
+    plan = plan_from_bytes(plan_data)
+
+    m = plan.model
+    model = build_model(
+        m["arch"], m["image_size"], len(plan.classes), m.get("in_channels", 1), seed=seed
+    )
+    weights = state_to_numpy(model)
+    pretrained = None
+    if init_weights is not None:
+        loaded, pretrained = load_pretrained(init_weights, plan.model_layout())
+        weights.update(loaded)
+    provenance = {
+        "round": 0,
+        "init": "pretrained" if pretrained else "random",
+        "pretrained": pretrained,
+    }
+    model_data = build_model_artifact(
+        plan,
+        round_number=1,
+        weights=weights,
+        parent=plan.digest,
+        provenance=provenance,
+        signer=ident,
+    )
+    # The plan goes last: a half-finished init never leaves a plan without its model.
+    write_atomic(model_path, model_data, force=force)
+    write_atomic(plan_path, plan_data, force=force)
+    return InitResult(
+        plan_path, model_path, key_path, card_path, created, plan.summary(), pretrained
+    )

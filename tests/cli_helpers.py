@@ -1,0 +1,38 @@
+"""Run the CLI in-process, capturing stdout/stderr and the exit code."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import sys
+from dataclasses import dataclass
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+    out_bytes: bytes
+
+
+def run_cli(*args, stdin: bytes = b"") -> Result:
+    from fedxray.cli.main import main
+
+    out, err = io.BytesIO(), io.StringIO()
+    out_text = io.TextIOWrapper(out, encoding="utf-8", write_through=True)
+    in_text = io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8")
+    code = 0
+    old = sys.stdout, sys.stderr, sys.stdin
+    sys.stdout, sys.stderr, sys.stdin = out_text, err, in_text
+    try:
+        with contextlib.suppress(SystemExit):
+            try:
+                main([str(a) for a in args])
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+                raise
+    finally:
+        sys.stdout, sys.stderr, sys.stdin = old
+    data = out.getvalue()
+    return Result(code, data.decode("utf-8", "replace"), err.getvalue(), data)
