@@ -8,6 +8,23 @@ import typer
 
 from fedxray.cli.common import JsonOpt, KeyOpt, PlanOpt, QuietOpt, Ui
 
+EXAMPLES = {
+    "inspect": [
+        ("Show a file's header", "fedxray inspect round-0002.model"),
+        ("Machine-readable", "fedxray inspect hospital-a.masked --json | jq .round"),
+    ],
+    "verify": [
+        (
+            "Check a plan and this site's place in it",
+            "fedxray verify pneumo.plan --key hospital-a.key",
+        ),
+        (
+            "Check a model in a script",
+            "fedxray verify round-0002.model --plan pneumo.plan || exit 1",
+        ),
+    ],
+}
+
 
 def inspect(
     file: Annotated[

@@ -9,6 +9,23 @@ import typer
 
 from fedxray.cli.common import ForceOpt, JsonOpt, QuietOpt, Ui
 
+EXAMPLES = {
+    "keygen": [
+        ("Create the identity of hospital-a in the current folder", "fedxray keygen hospital-a")
+    ],
+    "init": [
+        (
+            "Create a federation of three sites",
+            "fedxray init --name pneumo -o coord hospital-a.pub hospital-b.pub hospital-c.pub",
+        ),
+        (
+            "ResNet-18 at 224 px from pretrained weights, 10 rounds, epsilon 6",
+            "fedxray init --name pneumo -o coord --model resnet18 --image-size 224 "
+            "--init resnet18-gn.safetensors --rounds 10 --epsilon 6 *.pub",
+        ),
+    ],
+}
+
 
 def keygen(
     name: Annotated[str, typer.Argument(metavar="NAME", help="The site's name, e.g. hospital-a.")],

@@ -1,12 +1,32 @@
-"""The list of subcommands, in the order --help shows them."""
+"""The subcommand modules, in the order --help lists their commands.
+
+Each module defines ``register(app)`` and may define ``EXAMPLES`` (command -> [(title, line)])
+for its man pages.
+"""
 
 from __future__ import annotations
 
+import importlib
+
 import typer
+
+MODULES = (
+    "cmd_identity",  # keygen, init
+    "cmd_files",  # inspect, verify
+)
+
+
+def _modules():
+    return [importlib.import_module(f"fedxray.cli.{m}") for m in MODULES]
 
 
 def register(app: typer.Typer) -> None:
-    from fedxray.cli import cmd_files, cmd_identity
-
-    for module in (cmd_identity, cmd_files):
+    for module in _modules():
         module.register(app)
+
+
+def examples() -> dict[str, list[tuple[str, str]]]:
+    out: dict[str, list[tuple[str, str]]] = {}
+    for module in _modules():
+        out.update(getattr(module, "EXAMPLES", {}))
+    return out

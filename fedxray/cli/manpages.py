@@ -40,33 +40,6 @@ FILES = {
     "SITE.ledger": "A site's privacy ledger: the privacy spent in every round. Stays at the site.",
 }
 
-# Extra, hand-written material per command: EXAMPLES (and NOTES where useful).
-EXAMPLES: dict[str, list[tuple[str, str]]] = {
-    "keygen": [
-        ("Create the identity of hospital-a in the current folder", "fedxray keygen hospital-a")
-    ],
-    "init": [
-        (
-            "Create a federation of three sites",
-            "fedxray init --name pneumo -o coord hospital-a.pub hospital-b.pub hospital-c.pub",
-        )
-    ],
-    "inspect": [
-        ("Show a file's header", "fedxray inspect round-0002.model"),
-        ("Machine-readable", "fedxray inspect hospital-a.masked --json | jq .round"),
-    ],
-    "verify": [
-        (
-            "Check a plan and this site's place in it",
-            "fedxray verify pneumo.plan --key hospital-a.key",
-        ),
-        (
-            "Check a model in a script",
-            "fedxray verify round-0002.model --plan pneumo.plan || exit 1",
-        ),
-    ],
-}
-
 
 def _esc(text: str) -> str:
     out = text.replace("\\", "\\e").replace("-", "\\-")
@@ -143,9 +116,11 @@ def _command_page(group_ctx, name: str, cmd) -> str:
             lines += [".TP", head, _esc(text)]
     lines += [".TP", "\\fB\\-\\-debug\\fR", "Show the full traceback on errors."]
     lines += [".TP", "\\fB\\-h\\fR, \\fB\\-\\-help\\fR", "Show help and exit."]
-    if name in EXAMPLES:
+    from fedxray.cli.commands import examples
+
+    if name in examples():
         lines.append(".SH EXAMPLES")
-        for title, example in EXAMPLES[name]:
+        for title, example in examples()[name]:
             lines += [".PP", _esc(title) + ":", ".PP", ".nf", ".RS 4", _esc(example), ".RE", ".fi"]
     lines += _common_sections(name)
     lines += [".SH SEE ALSO", "\\fBfedxray\\fR(1)"]
