@@ -1,0 +1,1 @@
+"""Local datasets: labels, pseudonyms, shards and their preparation."""

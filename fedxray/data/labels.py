@@ -1,0 +1,317 @@
+"""Where labels come from: folder names, a labels CSV, or the Kermany file-name convention.
+
+Every source maps what it finds onto the plan's class names. A word that names no class of
+the plan (e.g. PNEUMONIA when the plan separates bacterial from viral) gives no label: the
+file is reported, never guessed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from fedxray.errors import FedxrayError
+
+DEFAULT_CLASSES = ("normal", "bacterial", "viral")
+LABELS_CSV = "labels.csv"
+CLASS_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+
+# Words seen in folder names and CSVs, mapped onto canonical class names.
+SYNONYMS: dict[str, str] = {
+    "normal": "normal",
+    "healthy": "normal",
+    "no_finding": "normal",
+    "nofinding": "normal",
+    "negative": "normal",
+    "bacterial": "bacterial",
+    "bacteria": "bacterial",
+    "bacterial_pneumonia": "bacterial",
+    "pneumonia_bacterial": "bacterial",
+    "viral": "viral",
+    "virus": "viral",
+    "viral_pneumonia": "viral",
+    "pneumonia_viral": "viral",
+    "pneumonia": "pneumonia",
+    "pneumonias": "pneumonia",
+}
+# A plan with a single 'pneumonia' class takes both kinds of pneumonia.
+_KINDS_OF = {"bacterial": "pneumonia", "viral": "pneumonia"}
+
+# Trailing number groups vary (person447_virus_921_1, NORMAL2-IM-0587-0001-0002).
+_KERMANY_PNEUMONIA = re.compile(r"^(person\d+)_(bacteria|virus)(?:_\d+)+\.[A-Za-z0-9]+$", re.I)
+_KERMANY_NORMAL = re.compile(r"^((?:NORMAL2-)?IM-\d+)(?:-\d+)+\.[A-Za-z0-9]+$", re.I)
+
+
+def check_classes(classes: Sequence[str]) -> list[str]:
+    """Validate a plan's class list: at least two distinct lower-case names."""
+    out = [str(c) for c in classes]
+    if len(out) < 2:
+        raise FedxrayError("a plan needs at least two classes")
+    if len(set(out)) != len(out):
+        raise FedxrayError(f"class names repeat: {', '.join(out)}")
+    for c in out:
+        if not CLASS_NAME_RE.match(c):
+            raise FedxrayError(
+                f"invalid class name {c!r}",
+                hint="use 1-32 lower-case letters, digits, '_' or '-'",
+            )
+    return out
+
+
+def _norm(word: str) -> str:
+    return re.sub(r"[\s\-]+", "_", word.strip().lower())
+
+
+def is_label_word(word: str, classes: Sequence[str]) -> bool:
+    """Does this folder name or CSV value speak about labels at all?"""
+    w = _norm(word)
+    return w in classes or w in SYNONYMS
+
+
+def resolve_label(word: str, classes: Sequence[str]) -> str | None:
+    """The class of ``classes`` a folder name or CSV value stands for, or None."""
+    w = _norm(word)
+    if w in classes:
+        return w
+    canon = SYNONYMS.get(w)
+    if canon is None:
+        return None
+    for c in classes:
+        if SYNONYMS.get(c, c) == canon:
+            return c
+    general = _KINDS_OF.get(canon)
+    if general is not None:
+        for c in classes:
+            if SYNONYMS.get(c, c) == general:
+                return c
+    return None
+
+
+@dataclass(frozen=True)
+class KermanyName:
+    label: str | None  # 'bacterial' / 'viral' from the name; None for IM-... (folder decides)
+    patient: str
+
+
+def kermany_name(filename: str) -> KermanyName | None:
+    """Parse personN_bacteria_K.jpeg, personN_virus_K.jpeg, IM-XXXX-YYYY.jpeg, NORMAL2-IM-..."""
+    m = _KERMANY_PNEUMONIA.match(filename)
+    if m:
+        kind = "bacterial" if m.group(2).lower() == "bacteria" else "viral"
+        return KermanyName(kind, m.group(1))
+    m = _KERMANY_NORMAL.match(filename)
+    if m:
+        return KermanyName(None, m.group(1))
+    return None
+
+
+@dataclass(frozen=True)
+class LabelDecision:
+    """A file's label (None: unknown, ``why`` says so) and the patient tokens found for it."""
+
+    label: str | None
+    patient: str | None = None  # given explicitly (CSV patient column): wins over DICOM
+    name_token: str | None = None  # from the file name (Kermany): used when nothing better
+    why: str | None = None
+
+
+def _class_list(classes: Sequence[str]) -> str:
+    return ", ".join(classes)
+
+
+class FolderLabeler:
+    """Label = the nearest folder (up to and including the input folder) naming a label.
+
+    Kermany file names decide where the folder leaves it open (PNEUMONIA/ in a plan with
+    bacterial and viral) or where no folder names a label at all.
+    """
+
+    def __init__(self, root: Path, classes: Sequence[str], kermany_names: bool = True):
+        self.root = Path(root)
+        self.classes = list(classes)
+        self.kermany_names = kermany_names
+        self.csv_path: Path | None = None
+
+    def _folders(self, path: Path):
+        folder = path.parent
+        while True:
+            yield folder
+            if folder == self.root or folder == folder.parent:
+                return
+            try:
+                folder.relative_to(self.root)
+            except ValueError:
+                return
+            folder = folder.parent
+
+    def __call__(self, path: Path) -> LabelDecision:
+        k = kermany_name(path.name) if self.kermany_names else None
+        token = k.patient if k else None
+        from_name = resolve_label(k.label, self.classes) if k and k.label else None
+        for folder in self._folders(path):
+            if not is_label_word(folder.name, self.classes):
+                continue
+            label = resolve_label(folder.name, self.classes)
+            if label is not None:
+                return LabelDecision(label, name_token=token)
+            if from_name is not None:
+                return LabelDecision(from_name, name_token=token)
+            return LabelDecision(
+                None,
+                name_token=token,
+                why=f"folder '{folder.name}' names none of the classes {_class_list(self.classes)}",
+            )
+        if from_name is not None:
+            return LabelDecision(from_name, name_token=token)
+        return LabelDecision(
+            None,
+            name_token=token,
+            why=f"no folder on its path names one of the classes {_class_list(self.classes)}",
+        )
+
+
+class KermanyLabeler:
+    """Kermany et al. (2018) naming: personN_bacteria_K / personN_virus_K, IM-... in NORMAL/."""
+
+    def __init__(self, root: Path, classes: Sequence[str]):
+        self.classes = list(classes)
+        self.folders = FolderLabeler(root, classes, kermany_names=False)
+        self.csv_path: Path | None = None
+
+    def __call__(self, path: Path) -> LabelDecision:
+        k = kermany_name(path.name)
+        if k is None:
+            return LabelDecision(None, why="file name does not follow the Kermany convention")
+        if k.label is not None:
+            label = resolve_label(k.label, self.classes)
+            if label is None:
+                why = f"'{k.label}' is none of the classes {_class_list(self.classes)}"
+                return LabelDecision(None, name_token=k.patient, why=why)
+            return LabelDecision(label, name_token=k.patient)
+        d = self.folders(path)  # IM-XXXX-YYYY files: the NORMAL/ folder says what they are
+        return LabelDecision(d.label, name_token=k.patient, why=d.why)
+
+
+class CsvLabeler:
+    """A CSV with columns file,label[,patient]; file paths are relative to the CSV's folder."""
+
+    FILE_COLUMNS = ("file", "filename", "path", "image")
+    LABEL_COLUMNS = ("label", "class", "diagnosis")
+    PATIENT_COLUMNS = ("patient", "patient_id", "patientid")
+
+    def __init__(self, csv_path: Path, classes: Sequence[str]):
+        self.csv_path = Path(csv_path)
+        self.folder = self.csv_path.parent
+        self.classes = list(classes)
+        self.rows: dict[str, tuple[str, str | None]] = {}
+        self._used: set[str] = set()
+        self._read()
+
+    def _read(self) -> None:
+        name = self.csv_path
+        try:
+            text = self.csv_path.read_bytes().decode("utf-8-sig")
+        except FileNotFoundError:
+            raise FedxrayError(f"labels file not found: {name}") from None
+        except UnicodeDecodeError:
+            raise FedxrayError(f"{name}: not a UTF-8 text file") from None
+        except OSError as e:
+            raise FedxrayError(f"cannot read labels file {name}: {e.strerror}") from None
+        lines = text.splitlines()
+        if not lines or not lines[0].strip():
+            raise FedxrayError(f"{name}: empty labels file", hint="expected columns file,label")
+        delimiter = max(",;\t", key=lines[0].count)
+        reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+        header = [_norm(h) for h in next(reader)]
+        col_file = _column(header, self.FILE_COLUMNS)
+        col_label = _column(header, self.LABEL_COLUMNS)
+        col_patient = _column(header, self.PATIENT_COLUMNS)
+        if col_file is None or col_label is None:
+            raise FedxrayError(
+                f"{name}: needs columns 'file' and 'label' (found: {', '.join(header)})"
+            )
+        for line_no, row in enumerate(reader, start=2):
+            if not any(cell.strip() for cell in row):
+                continue
+            cells = row + [""] * (len(header) - len(row))
+            key = _key(cells[col_file])
+            label = cells[col_label].strip()
+            if not key or not label:
+                raise FedxrayError(f"{name}, line {line_no}: file and label must not be empty")
+            patient = cells[col_patient].strip() if col_patient is not None else ""
+            entry = (label, patient or None)
+            if key in self.rows and self.rows[key] != entry:
+                raise FedxrayError(f"{name}, line {line_no}: {key} is listed twice, differently")
+            self.rows[key] = entry
+        if not self.rows:
+            raise FedxrayError(f"{name}: no rows below the header")
+
+    def _lookup(self, path: Path) -> str | None:
+        try:
+            rel = path.relative_to(self.folder).as_posix()
+        except ValueError:
+            rel = None
+        if rel is not None and rel in self.rows:
+            return rel
+        if path.name in self.rows:  # a CSV listing bare file names
+            return path.name
+        return None
+
+    def __call__(self, path: Path) -> LabelDecision:
+        k = kermany_name(path.name)
+        token = k.patient if k else None
+        key = self._lookup(path)
+        if key is None:
+            return LabelDecision(None, name_token=token, why=f"not listed in {self.csv_path.name}")
+        self._used.add(key)
+        word, patient = self.rows[key]
+        label = resolve_label(word, self.classes)
+        if label is None:
+            why = (
+                f"label '{word}' in {self.csv_path.name} is none of the classes "
+                f"{_class_list(self.classes)}"
+            )
+            return LabelDecision(None, patient, token, why)
+        return LabelDecision(label, patient, token)
+
+    def unmatched(self) -> list[str]:
+        """CSV entries no scanned file matched (typos, files not copied)."""
+        return sorted(set(self.rows) - self._used)
+
+
+def _column(header: list[str], names: Sequence[str]) -> int | None:
+    for n in names:
+        if n in header:
+            return header.index(n)
+    return None
+
+
+def _key(cell: str) -> str:
+    p = cell.strip().replace("\\", "/")
+    return str(PurePosixPath(p)).lstrip("/") if p else ""
+
+
+Labeler = FolderLabeler | KermanyLabeler | CsvLabeler
+
+
+def make_labeler(mode: str | Path, root: Path, classes: Sequence[str]) -> Labeler:
+    """mode: 'auto' (labels.csv at the top of root if present, else folders), 'folders',
+    'kermany', or the Path of a labels CSV."""
+    root = Path(root)
+    folder = root if root.is_dir() else root.parent
+    if isinstance(mode, Path):
+        return CsvLabeler(mode, classes)
+    if mode == "auto":
+        csv_path = folder / LABELS_CSV
+        if csv_path.is_file():
+            return CsvLabeler(csv_path, classes)
+        return FolderLabeler(folder, classes)
+    if mode == "folders":
+        return FolderLabeler(folder, classes)
+    if mode == "kermany":
+        return KermanyLabeler(folder, classes)
+    raise ValueError(f"unknown label mode {mode!r}")
