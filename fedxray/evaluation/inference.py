@@ -1,0 +1,88 @@
+"""Running a trained model over a shard's images: class probabilities for predict/evaluate."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedxray.errors import FedxrayError
+
+# Pixel scaling shared by training and inference: [0, 1] then (x - MEAN) / STD.
+MEAN = 0.5
+STD = 0.25
+_SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+
+
+def images_to_tensor(images: np.ndarray, channels: int = 1) -> torch.Tensor:
+    """uint8 / uint16 images [N, H, W] -> float32 model input [N, channels, H, W].
+
+    Scaled to [0, 1] by the dtype's full range (255 or 65535), then standardised as
+    (x - 0.5) / 0.25; ``channels`` 3 repeats the grey image for models built for colour
+    input. Training must use this same function so inputs match at test time.
+    """
+    arr = np.asarray(images)
+    scale = _SCALE.get(arr.dtype)
+    if scale is None:
+        raise FedxrayError(f"images must be uint8 or uint16, got {arr.dtype}")
+    if arr.ndim != 3:
+        raise FedxrayError(f"images must have shape [N, H, W], got {list(arr.shape)}")
+    if channels not in (1, 3):
+        raise FedxrayError(f"input channels must be 1 or 3, got {channels}")
+    x = torch.from_numpy(arr.astype(np.float32)).unsqueeze(1)
+    x = (x / scale - MEAN) / STD
+    return x if channels == 1 else x.expand(-1, channels, -1, -1).contiguous()
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """A torch device that exists here, or a FedxrayError saying what to use instead."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise FedxrayError(f"unknown device {device!r}", hint="use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise FedxrayError(f"device {device} is not available", hint="use --device cpu")
+    return dev
+
+
+def predict_proba(
+    model: nn.Module,
+    images: np.ndarray,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+    channels: int = 1,
+) -> np.ndarray:
+    """Softmax probabilities float32 [N, K] of ``model`` on images [N, H, W].
+
+    ``channels``: the model's input channels (the plan's ``in_channels``).
+    Runs in eval mode without gradients, one batch at a time (so memory stays bounded for
+    large shards); the model's device and train/eval mode are restored afterwards.
+    """
+    if batch_size < 1:
+        raise FedxrayError(f"batch size must be positive, got {batch_size}")
+    n = len(images)
+    if n == 0:
+        raise FedxrayError("no images to predict")
+    dev = resolve_device(device)
+    was_training = model.training
+    home = next((t.device for t in model.parameters()), dev)
+    model.to(dev).eval()
+    out = []
+    try:
+        with torch.no_grad():
+            for start in range(0, n, batch_size):
+                x = images_to_tensor(images[start : start + batch_size], channels).to(dev)
+                logits = model(x)
+                if logits.ndim != 2 or logits.shape[0] != x.shape[0]:
+                    raise FedxrayError(
+                        f"model output has shape {list(logits.shape)}, expected [batch, classes]"
+                    )
+                out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+                if progress is not None:
+                    progress(min(start + batch_size, n), n)
+    finally:
+        model.to(home).train(was_training)
+    return np.concatenate(out).astype(np.float32, copy=False)
