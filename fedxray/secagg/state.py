@@ -1,0 +1,100 @@
+"""Local protocol memory: one small JSON file per party and federation, written atomically.
+
+A site records here which update it masked in each round (and the seeds to redo it), and
+which closure it revealed for; the coordinator records the one decision it made per round.
+The file is the protocol's memory against double masking and double revealing, so a missing
+folder or an unreadable file is an error, never a silent fresh start. A lock file keeps two
+fedxray processes from deciding at the same time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from fedxray.errors import FedxrayError
+from fedxray.fsio import write_atomic
+
+STATE_FORMAT = "fedxray-secagg-state-v1"
+
+
+def state_path(state_dir: str | os.PathLike, party: str, federation_id: str) -> Path:
+    tag = hashlib.sha256(federation_id.encode()).hexdigest()[:12]
+    return Path(state_dir) / f"{party}.{tag}.secagg.json"
+
+
+class LocalState:
+    """Rounds recorded by one party: ``rounds[str(round)]`` is a dict."""
+
+    def __init__(self, path: Path, party: str, federation_id: str, rounds: dict):
+        self.path, self.party, self.federation_id, self.rounds = path, party, federation_id, rounds
+
+    def get(self, round_number: int) -> dict | None:
+        rec = self.rounds.get(str(round_number))
+        return dict(rec) if rec is not None else None
+
+    def put(self, round_number: int, record: dict) -> None:
+        """Record a round and write the file (fsync + rename) before anything is returned."""
+        self.rounds[str(round_number)] = record
+        doc = {
+            "format": STATE_FORMAT,
+            "party": self.party,
+            "federation": self.federation_id,
+            "rounds": self.rounds,
+        }
+        data = (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
+        write_atomic(self.path, data, force=True, mode=0o600)
+
+
+def _read(path: Path, party: str, federation_id: str) -> LocalState:
+    if not path.exists():
+        return LocalState(path, party, federation_id, {})
+    try:
+        doc = json.loads(path.read_text())
+        ok = (
+            isinstance(doc, dict)
+            and doc.get("format") == STATE_FORMAT
+            and doc.get("party") == party
+            and doc.get("federation") == federation_id
+            and isinstance(doc.get("rounds"), dict)
+        )
+    except (OSError, ValueError, UnicodeDecodeError):
+        ok = False
+    if not ok:
+        raise FedxrayError(
+            f"secure-aggregation state file {path} is unreadable or belongs to someone else",
+            hint="restore it from backup; deleting it would let this party mask or reveal twice",
+        )
+    return LocalState(path, party, federation_id, doc["rounds"])
+
+
+@contextlib.contextmanager
+def open_state(
+    state_dir: str | os.PathLike, party: str, federation_id: str
+) -> Iterator[LocalState]:
+    """Lock and load the state of ``party``; the lock is held until the block ends."""
+    folder = Path(state_dir)
+    if not folder.is_dir():
+        raise FedxrayError(f"state folder does not exist: {folder}")
+    path = state_path(folder, party, federation_id)
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as e:
+        raise FedxrayError(f"cannot write in state folder {folder}: {e.strerror}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FedxrayError(
+                f"another fedxray process is using {path.name}",
+                hint="wait for it to finish, then run the command again",
+            ) from None
+        yield _read(path, party, federation_id)
+    finally:
+        os.close(fd)  # closing releases the lock; the lock file itself stays (harmless)
