@@ -264,9 +264,7 @@ def _label_files(
                 reason, message = _why_unlabelled(path, d.why or "no label")
                 report.skipped.append(SkippedFile(str(path), reason, message))
                 continue
-            items.append(
-                _Item(path, rel, classes.index(d.label), d.patient, d.name_token, scope)
-            )
+            items.append(_Item(path, rel, classes.index(d.label), d.patient, d.name_token, scope))
     _unique_rels(items)
     return items, labelers
 

@@ -10,29 +10,25 @@ from torch import nn
 
 from fedxray.errors import FedxrayError
 
-# Pixel scaling shared by training and inference: [0, 1] then (x - MEAN) / STD.
-MEAN = 0.5
-STD = 0.25
-_SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+_PIXEL_TYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
 
 
 def images_to_tensor(images: np.ndarray, channels: int = 1) -> torch.Tensor:
     """uint8 / uint16 images [N, H, W] -> float32 model input [N, channels, H, W].
 
-    Scaled to [0, 1] by the dtype's full range (255 or 65535), then standardised as
-    (x - 0.5) / 0.25; ``channels`` 3 repeats the grey image for models built for colour
-    input. Training must use this same function so inputs match at test time.
+    The scaling is training's own (fedxray.training.augment), so inputs match at test time;
+    ``channels`` 3 repeats the grey image for models built for colour input.
     """
+    from fedxray.training.augment import normalize, to_unit_range
+
     arr = np.asarray(images)
-    scale = _SCALE.get(arr.dtype)
-    if scale is None:
+    if arr.dtype not in _PIXEL_TYPES:
         raise FedxrayError(f"images must be uint8 or uint16, got {arr.dtype}")
     if arr.ndim != 3:
         raise FedxrayError(f"images must have shape [N, H, W], got {list(arr.shape)}")
     if channels not in (1, 3):
         raise FedxrayError(f"input channels must be 1 or 3, got {channels}")
-    x = torch.from_numpy(arr.astype(np.float32)).unsqueeze(1)
-    x = (x / scale - MEAN) / STD
+    x = normalize(to_unit_range(arr))
     return x if channels == 1 else x.expand(-1, channels, -1, -1).contiguous()
 
 

@@ -1,0 +1,247 @@
+"""prep: a site's folders of radiographs -> one de-identified shard file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from fedxray.cli.common import ForceOpt, JsonOpt, KeyOpt, PlanOpt, QuietOpt, Ui
+
+EXAMPLES = {
+    "prep": [
+        (
+            "Prepare hospital-a's images for the federation (labels.csv or folder names)",
+            "fedxray prep /data/xray/train --plan pneumo.plan --key hospital-a.key",
+        ),
+        (
+            "A held-out test shard, labels from a CSV file",
+            "fedxray prep /data/xray/test --plan pneumo.plan --key hospital-a.key "
+            "--labels test-labels.csv -o test.shard",
+        ),
+        (
+            "Before a federation exists: 64 px, two classes, the report as JSON",
+            "fedxray prep sample_data/hospital-a -o a.shard --size 64 "
+            "--classes normal,pneumonia --json",
+        ),
+    ],
+}
+
+# More skipped files than this are counted on screen, not listed (--json lists them all).
+_SKIPPED_ON_SCREEN = 20
+_LABEL_MODES = ("auto", "folders", "kermany")
+_SOURCE_NAMES = {"auto": "folder names", "folders": "folder names", "kermany": "Kermany file names"}
+
+
+def prep(
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="INPUT",
+            help="Folders (searched recursively, hidden files skipped) or single DICOM, PNG "
+            "or JPEG files.",
+        ),
+    ],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="SITE.shard",
+            help="The shard to write. Default with --key: NAME.shard in the current folder, "
+            "NAME being the key's site name; required without --key.",
+            show_default=False,
+        ),
+    ] = None,
+    plan: PlanOpt = None,
+    key: KeyOpt = None,
+    size: Annotated[
+        int | None,
+        typer.Option(
+            "--size",
+            metavar="N",
+            help="Image size in pixels, without a plan (the plan's size otherwise).",
+            show_default=False,
+        ),
+    ] = None,
+    classes: Annotated[
+        str | None,
+        typer.Option(
+            "--classes",
+            metavar="A,B,...",
+            help="Comma-separated class names, without a plan. Default: normal,bacterial,viral.",
+            show_default=False,
+        ),
+    ] = None,
+    labels: Annotated[
+        str,
+        typer.Option(
+            "--labels",
+            metavar="SOURCE",
+            help="Where labels come from: auto (labels.csv at the top of each input, else "
+            "folder names), folders, kermany (Kermany file names), or a CSV file (columns "
+            "file,label[,patient]).",
+        ),
+    ] = "auto",
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=1,
+            metavar="N",
+            help="Decoding processes. Default: one per CPU.",
+            show_default=False,
+        ),
+    ] = None,
+    force: ForceOpt = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Prepare a site's radiographs: decode, label, de-identify, write one shard file.
+
+    Every DICOM (CR or DX), PNG and JPEG under the inputs goes through the pixel pipeline that
+    `fedxray predict` also uses: to greyscale, air dark, robust contrast window, resized to the
+    plan's image size (padded, never cropped). Labels come from labels.csv at the top of an
+    input, folder names (NORMAL/, bacterial/, viral/, ...), Kermany file names, or --labels
+    FILE.CSV. Exact duplicates are kept once.
+
+    The shard holds only the small images, the labels and keyed pseudonyms: no header value
+    (names, IDs, dates, UIDs, institution) and no file name. With --key, pseudonyms are derived
+    from the site key, so they are the same in every run (and a reader's CSV of file names can
+    be matched by `fedxray evaluate --key`); without it they are random per shard. Burned-in
+    text in the pixels is NOT removed.
+
+    Files that cannot be used are skipped, each with a reason (unreadable, not-an-image,
+    undecodable, wrong-modality, multi-frame, colour-dicom, unknown-label, duplicate), and the
+    run goes on. An input without a single usable image is an error, and then nothing is
+    written. The shard is written only when everything succeeded (mode 0600; it never leaves
+    the site).
+    """
+    from fedxray.data.labels import DEFAULT_CLASSES
+    from fedxray.data.prep import prepare
+    from fedxray.data.pseudonym import site_secret
+    from fedxray.data.shard_io import write_shard
+    from fedxray.errors import FedxrayError
+    from fedxray.fsio import check_writable
+    from fedxray.keys import load_private_key
+
+    ui = Ui(quiet, json_out)
+    wanted = None if classes is None else [c.strip() for c in classes.split(",") if c.strip()]
+    if plan is not None:
+        from fedxray.plan import load_plan
+
+        the_plan = load_plan(plan)
+        image_size, class_names = int(the_plan.model["image_size"]), the_plan.classes
+        _agree_with_plan(image_size, class_names, size, wanted, the_plan.name)
+    elif size is None:
+        raise FedxrayError(
+            "no image size: give --plan PLAN (or set FEDXRAY_PLAN)",
+            hint="before a federation exists, use --size N (and --classes A,B,...)",
+        )
+    else:
+        the_plan = None
+        image_size, class_names = size, wanted or list(DEFAULT_CLASSES)
+    label_mode = _label_mode(labels)
+
+    identity = load_private_key(key) if key is not None else None
+    if identity is not None and the_plan is not None:
+        the_plan.require_site(identity)
+    if output is None:
+        if identity is None:
+            raise FedxrayError(
+                "no output file given", hint="pass -o SITE.shard (or --key SITE.key)"
+            )
+        output = Path(f"{identity.name}.shard")
+    if str(output) == "-":
+        raise FedxrayError("a shard cannot go to standard output", hint="pass -o SITE.shard")
+    check_writable(output, force=force)  # before the work, not after it
+    secret = site_secret(identity) if identity is not None else None
+
+    bar = ui.progress("")
+    # Off the terminal (pipes, logs, CI) a bar is noise.
+    bar.disable = bar.disable or not ui.console.is_terminal
+    with bar:
+        task = bar.add_task("preparing", total=None)
+        shard, report = prepare(
+            inputs,
+            image_size=image_size,
+            classes=class_names,
+            secret=secret,
+            label_mode=label_mode,
+            workers=workers,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    write_shard(output, shard, force=force)
+    if json_out:
+        ui.emit_json({"output": str(output), **report.to_dict()})
+    _render(ui, report, output)
+
+
+def _agree_with_plan(
+    image_size: int, classes: list[str], size: int | None, wanted: list[str] | None, name: str
+) -> None:
+    """--size / --classes beside a plan may only repeat what the plan says."""
+    from fedxray.errors import FedxrayError
+
+    if size is not None and size != image_size:
+        raise FedxrayError(
+            f"--size {size} differs from the image size of plan {name} ({image_size})",
+            hint="leave out --size: the plan sets it",
+        )
+    if wanted is not None and wanted != classes:
+        raise FedxrayError(
+            f"--classes {','.join(wanted)} differs from the classes of plan {name} "
+            f"({','.join(classes)})",
+            hint="leave out --classes: the plan sets them",
+        )
+
+
+def _label_mode(labels: str) -> str | Path:
+    from fedxray.errors import FedxrayError
+
+    if labels in _LABEL_MODES:
+        return labels
+    path = Path(labels)
+    if not path.is_file():
+        raise FedxrayError(
+            f"labels file not found: {labels}",
+            hint="--labels takes auto, folders, kermany or the path of a CSV file",
+        )
+    return path
+
+
+def _render(ui: Ui, report, output: Path) -> None:
+    rows: list[tuple] = [("files seen", report.files_seen)]
+    for source in dict.fromkeys(report.label_sources.values()):
+        rows.append(("labels from", _SOURCE_NAMES.get(source, source)))
+    for c in report.classes:
+        rows.append((f"kept: {c}", f"{report.kept[c]} images, {report.patients[c]} patients"))
+    for reason, n in report.skipped_counts().items():
+        rows.append((f"skipped: {reason}", n))
+    ui.table(
+        escape(f"{report.total_kept} images at {report.image_size} px into {output}"),
+        [(escape(str(a)), escape(str(b))) for a, b in rows],
+    )
+    if report.skipped:
+        # One line per file rather than a table: long paths wrap instead of being cut.
+        shown = report.skipped[:_SKIPPED_ON_SCREEN]
+        more = len(report.skipped) - len(shown)
+        ui.info("skipped files" + (f" (the first {len(shown)}; all in --json):" if more else ":"))
+        for s in shown:
+            ui.info(escape(f"  {s.path}: {s.reason}: {s.message}"))
+        if more:
+            ui.info(f"  ... and {more} more")
+    for w in report.warnings:
+        ui.info(escape(f"warning: {w}"))
+    if report.pseudonyms == "random":
+        ui.info(
+            "note: no --key: pseudonyms are random, so they match no other shard and reader "
+            "CSVs cannot name files"
+        )
+    ui.info(escape(f"wrote {output} ({report.seconds:.1f} s; it stays at this site)"))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("prep")(prep)
