@@ -1,0 +1,74 @@
+"""Input scaling and augmentation for chest radiographs.
+
+Mild geometric jitter (rotation, scale, shift) and brightness/contrast changes that real
+acquisitions show. No horizontal flip: the heart's side is anatomy, not noise. All random
+draws come from a CPU generator, so a seed gives the same augmentation on CPU and GPU.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fedxray.errors import FedxrayError
+
+# Fixed, data-independent normalisation (statistics of the private data would leak).
+MEAN = 0.5
+STD = 0.25
+
+MAX_ROTATION_DEG = 7.0
+SCALE_RANGE = (0.92, 1.08)
+MAX_SHIFT = 0.05  # fraction of the image size
+BRIGHTNESS = 0.08
+CONTRAST = 0.1
+
+
+def to_unit_range(images: np.ndarray) -> torch.Tensor:
+    """uint8/uint16/float [N, H, W] images -> float32 tensor [N, 1, H, W] in [0, 1]."""
+    arr = np.asarray(images)
+    if arr.ndim != 3:
+        raise FedxrayError(f"expected images [N, H, W], got shape {arr.shape}")
+    t = torch.from_numpy(np.ascontiguousarray(arr))
+    if arr.dtype == np.uint8:
+        t = t.float().div_(255.0)
+    elif arr.dtype == np.uint16:
+        t = t.float().div_(65535.0)
+    elif np.issubdtype(arr.dtype, np.floating):
+        t = t.float()
+    else:
+        raise FedxrayError(f"unsupported image dtype {arr.dtype}")
+    return t.unsqueeze(1)
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    return (x - MEAN) / STD
+
+
+def preprocess(images: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
+    """Model input for evaluation/prediction: scaled and normalised, no augmentation."""
+    return normalize(to_unit_range(images).to(device))
+
+
+def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Randomly jitter a batch [B, 1, H, W] in [0, 1]; returns a new tensor in [0, 1]."""
+    b = x.shape[0]
+    if b == 0:
+        return x
+    u = torch.rand(b, 6, generator=generator)  # all draws on the CPU generator
+    angle = (u[:, 0] * 2 - 1) * math.radians(MAX_ROTATION_DEG)
+    scale = SCALE_RANGE[0] + u[:, 1] * (SCALE_RANGE[1] - SCALE_RANGE[0])
+    shift = (u[:, 2:4] * 2 - 1) * (2 * MAX_SHIFT)  # grid coordinates span [-1, 1]
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack(
+        [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
+    ).to(x.device, x.dtype)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    # Zero padding: outside the film is dark, like air.
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    contrast = (1 + (u[:, 4] * 2 - 1) * CONTRAST).to(x.device, x.dtype).view(b, 1, 1, 1)
+    brightness = ((u[:, 5] * 2 - 1) * BRIGHTNESS).to(x.device, x.dtype).view(b, 1, 1, 1)
+    mean = out.mean(dim=(1, 2, 3), keepdim=True)
+    return ((out - mean) * contrast + mean + brightness).clamp(0.0, 1.0)
