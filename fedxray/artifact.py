@@ -1,10 +1,10 @@
 """Signed artifact files: tensors in the safetensors layout plus a signed fedxray header.
 
 Layout: a plain safetensors file whose ``__metadata__`` holds two strings, ``fedxray`` (the
-header as canonical JSON) and ``signature`` (Ed25519, hex). The signature covers the WHOLE file
-with the signature's hex digits replaced by zeros, so one flipped byte anywhere (header padding,
-tensor index, payload, even the signature) makes verification fail. The bytes are read once,
-verified, then parsed from the same buffer.
+header as canonical JSON) and ``signature`` (Ed25519, hex). The signature covers the SHA-256 of
+the WHOLE file with the signature's hex digits replaced by zeros, so one flipped byte anywhere
+(header padding, tensor index, payload, even the signature) makes verification fail. The bytes
+are read once, verified, then parsed from the same buffer without copying it.
 """
 
 from __future__ import annotations
@@ -110,6 +110,19 @@ def file_digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _signed_digest(data, sig_start: int) -> bytes:
+    """SHA-256 over domain + file, with the signature's hex digits taken as zeros (no copies)."""
+    view = memoryview(data)
+    h = hashlib.sha256(SIGNING_DOMAIN)
+    h.update(view[:sig_start])
+    h.update(_PLACEHOLDER.encode())
+    h.update(view[sig_start + SIG_HEX_LEN :])
+    return h.digest()
+
+
+_PAYLOAD_MARK = b'payload_sha256\\":\\"' + b"0" * 64
+
+
 def build_artifact(
     kind: str,
     *,
@@ -127,9 +140,6 @@ def build_artifact(
     if signer.name != sender:
         raise ValueError("the sender must sign its own artifacts")
     arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
-    # The payload hash is computed over the exact data region the file will carry.
-    probe = _safetensors_save(arrays, metadata={"fedxray": "", "signature": ""})
-    payload = probe[8 + struct.unpack("<Q", probe[:8])[0] :]
     header = Header(
         kind=kind,
         federation=federation,
@@ -137,18 +147,26 @@ def build_artifact(
         sender=sender,
         created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         parent=parent,
-        payload_sha256=hashlib.sha256(payload).hexdigest(),
+        payload_sha256="0" * 64,  # patched in place below, once the payload is laid out
         meta=meta,
     )
-    unsigned = _safetensors_save(
-        arrays, metadata={"fedxray": canonical_json(header.to_dict()), "signature": _PLACEHOLDER}
+    buf = bytearray(
+        _safetensors_save(
+            arrays,
+            metadata={"fedxray": canonical_json(header.to_dict()), "signature": _PLACEHOLDER},
+        )
     )
-    head_end = 8 + struct.unpack("<Q", unsigned[:8])[0]
-    marker = f'"{_PLACEHOLDER}"'.encode()
-    if unsigned[:head_end].count(marker) != 1 or unsigned[head_end:] != payload:
+    head_end = 8 + struct.unpack("<Q", buf[:8])[0]
+    head = bytes(buf[:head_end])
+    sig_marker = f'"{_PLACEHOLDER}"'.encode()
+    if head.count(_PAYLOAD_MARK) != 1 or head.count(sig_marker) != 1:
         raise RuntimeError("unexpected safetensors layout")
-    signature = signer.sign(SIGNING_DOMAIN + unsigned).hex()
-    return unsigned.replace(marker, f'"{signature}"'.encode(), 1)
+    pos = head.index(_PAYLOAD_MARK) + len(_PAYLOAD_MARK) - 64
+    buf[pos : pos + 64] = hashlib.sha256(memoryview(buf)[head_end:]).hexdigest().encode()
+    sig_start = bytes(buf[:head_end]).index(sig_marker) + 1
+    signature = signer.sign(_signed_digest(buf, sig_start)).hex()
+    buf[sig_start : sig_start + SIG_HEX_LEN] = signature.encode()
+    return bytes(buf)
 
 
 def _fail(msg: str) -> VerificationError:
@@ -156,16 +174,16 @@ def _fail(msg: str) -> VerificationError:
 
 
 def parse_unverified(data: bytes, what: str = "file") -> tuple[Artifact, bytes]:
-    """Check the container's structure and return (artifact, signed message).
+    """Check the container's structure and return (artifact, signed digest).
 
-    Nothing here is trusted yet: callers must verify the signature over the message.
+    Nothing here is trusted yet: callers must verify the signature over the digest.
     """
     if len(data) < 8:
         raise _fail(f"{what} is empty or truncated (not a fedxray artifact)")
     (hlen,) = struct.unpack("<Q", data[:8])
     if hlen > MAX_HEADER or 8 + hlen > len(data):
         raise _fail(f"{what} is truncated or not a fedxray artifact")
-    head_bytes = data[8 : 8 + hlen]
+    head_bytes = bytes(data[8 : 8 + hlen])
     try:
         head = json.loads(head_bytes)
     except (UnicodeDecodeError, ValueError):
@@ -186,7 +204,7 @@ def parse_unverified(data: bytes, what: str = "file") -> tuple[Artifact, bytes]:
     marker = f'"{sig}"'.encode()
     if head_bytes.count(marker) != 1:
         raise _fail(f"{what} has a malformed signature")
-    message = data[:8] + head_bytes.replace(marker, f'"{_PLACEHOLDER}"'.encode()) + data[8 + hlen :]
+    message = _signed_digest(data, 8 + head_bytes.index(marker) + 1)
     try:
         h = json.loads(hdr_json)
         header = Header(
@@ -206,7 +224,7 @@ def parse_unverified(data: bytes, what: str = "file") -> tuple[Artifact, bytes]:
         raise _fail(
             f"{what} has format version {header.format}; this fedxray reads {FORMAT_VERSION}"
         )
-    payload = memoryview(data)[8 + hlen :]
+    payload = memoryview(data).toreadonly()[8 + hlen :]
     tensors = _parse_tensors(head, payload, what)
     if hashlib.sha256(payload).hexdigest() != header.payload_sha256:
         raise _fail(f"{what} is corrupt: payload checksum mismatch")
@@ -246,9 +264,9 @@ def _parse_tensors(index: dict, payload: memoryview, what: str) -> dict[str, np.
     return tensors
 
 
-def verify_signature(art: Artifact, message: bytes, signer: PublicIdentity, what: str) -> None:
+def verify_signature(art: Artifact, digest: bytes, signer: PublicIdentity, what: str) -> None:
     try:
-        signer.verify_key.verify(bytes.fromhex(art.signature), SIGNING_DOMAIN + message)
+        signer.verify_key.verify(bytes.fromhex(art.signature), digest)
     except InvalidSignature:
         raise _fail(
             f"{what}: signature check failed (file altered or not signed by {signer.name})"

@@ -51,13 +51,13 @@ def load_pretrained(
     Tensors are taken by name where the shape matches; a 3-channel first convolution is summed
     to one channel for greyscale input. Returns (weights, report).
     """
-    from safetensors import SafetensorsError
+    from safetensors import SafetensorError
     from safetensors.numpy import load as st_load
 
     data = read_input(path, "pretrained weights")
     try:
         src = st_load(data)
-    except (SafetensorsError, ValueError, OSError) as e:
+    except (SafetensorError, ValueError, OSError) as e:
         raise FedxrayError(f"{path} is not a readable safetensors file ({e})") from None
     weights, adapted, skipped = {}, [], []
     for name, (shape, _) in layout.items():

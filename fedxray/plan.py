@@ -35,9 +35,12 @@ DEFAULT_SETTINGS: dict = {
         "allow_no_dp": False,
     },
     "secagg": {"frac_bits": 24, "clip": 4.0, "max_examples": 1_000_000, "strict": False},
-    "server": {"optimizer": "fedavg", "lr": 1.0, "momentum": 0.0},
+    "server": {"optimizer": "fedavg", "lr": 1.0, "momentum": 0.9},
     "min_sites": 3,
 }
+
+# FedAdam moves each weight by about lr per round: it needs a far smaller rate than FedAvg.
+DEFAULT_SERVER_LR = {"fedavg": 1.0, "momentum": 1.0, "fedadam": 0.01}
 
 
 def card_from_bytes(data: bytes, what: str = "site card") -> PublicIdentity:
@@ -186,8 +189,8 @@ def validate_settings(settings: dict, n_sites: int) -> None:
         )
     if not 16 <= int(m["image_size"]) <= 1024:
         raise FedxrayError("--image-size must be between 16 and 1024")
-    if int(m.get("in_channels", 1)) not in (1, 3):
-        raise FedxrayError("input channels must be 1 or 3")
+    if int(m.get("in_channels", 1)) != 1:
+        raise FedxrayError("models take single-channel (greyscale) input")
     if len(classes) < 2 or len(set(classes)) != len(classes):
         raise FedxrayError("at least two distinct class names are needed")
     for c in classes:
@@ -206,11 +209,8 @@ def validate_settings(settings: dict, n_sites: int) -> None:
         if float(dp["max_grad_norm"]) <= 0:
             raise FedxrayError("the clipping norm must be positive")
     min_sites = int(settings["min_sites"])
-    if min_sites < 3:
-        raise FedxrayError(
-            "--min-sites must be at least 3",
-            hint="with two sites, each could subtract its own update from the sum",
-        )
+    if min_sites < 2:
+        raise FedxrayError("--min-sites must be at least 2 (3 is the safe default)")
     if n_sites < min_sites:
         raise FedxrayError(f"the plan names {n_sites} site(s) but --min-sites is {min_sites}")
     if settings["server"]["optimizer"] not in ("fedavg", "fedadam", "momentum"):
@@ -220,6 +220,19 @@ def validate_settings(settings: dict, n_sites: int) -> None:
     except ImportError:  # pragma: no cover - secagg arrives in its own module
         return
     check_capacity(settings["secagg"], n_sites)
+
+
+def settings_warnings(settings: dict) -> list[str]:
+    """Legal but weaker choices that the coordinator should hear about."""
+    out = []
+    if int(settings["min_sites"]) < 3:
+        out.append(
+            "--min-sites 2: when only two sites contribute, each can recover the other's "
+            "update from the next model; only differential privacy then protects it"
+        )
+    if not settings["dp"]["enabled"] or settings["dp"].get("allow_no_dp"):
+        out.append("non-private (--no-dp) updates are accepted in this federation")
+    return out
 
 
 def create_plan(

@@ -56,7 +56,7 @@ def test_plan_rejects_impossible_settings():
     coord = keys.generate("coordinator")
     sites = [keys.generate(n).public for n in "abc"]
     with pytest.raises(FedxrayError, match="min-sites"):
-        create_plan("f", coord, sites, make_settings({"min_sites": 2}))
+        create_plan("f", coord, sites, make_settings({"min_sites": 1}))
     with pytest.raises(FedxrayError, match="names 3 site"):
         create_plan("f", coord, sites, make_settings({"min_sites": 4}))
     with pytest.raises(FedxrayError, match="unknown model"):

@@ -1,0 +1,355 @@
+"""Run a whole federation on one machine: a folder per party and a courier between them.
+
+Every step calls the same library functions as the CLI and leaves the same files a real
+federation would, so any file in the run folder can be inspected afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fedxray import keys
+from fedxray.data.pseudonym import site_secret
+from fedxray.data.shard import Shard
+from fedxray.errors import FedxrayError
+from fedxray.fsio import read_input, write_atomic
+from fedxray.simulation.courier import INBOX, Courier
+
+COORDINATOR_DIR = "coordinator"
+EVALUATION_DIR = "evaluation"
+SITES_DIR = "sites"
+FEDERATION_NAME = "simulation"
+
+
+def default_sample_data() -> Path | None:
+    """The repository's bundled sample_data/ folder, when fedxray runs from a checkout."""
+    here = Path(__file__).resolve().parents[2] / "sample_data"
+    return here if (here / "test").is_dir() else None
+
+
+@dataclass
+class SimulationConfig:
+    out: Path
+    data: Path | None = None
+    sites: int | None = None
+    rounds: int = 5
+    local_epochs: int = 2
+    dp: bool = True
+    strict: bool = False
+    drops: dict[int, set[str]] = field(default_factory=dict)  # round -> dropped site names
+    skew: float | None = None
+    seed: int = 0
+    arch: str = "smallcnn"
+    image_size: int = 64
+    epsilon: float = 8.0
+    delta: float = 1e-5
+    batch_size: int = 32
+    lr: float = 0.05
+    clip_norm: float = 1.0
+    min_sites: int = 3
+    server_opt: str = "fedavg"
+    server_lr: float = 1.0
+    holdout: float = 0.15
+    bootstrap: int = 1000
+    workers: int | None = None
+    device: str = "cpu"
+
+
+@dataclass
+class RoundRecord:
+    round: int
+    sites: dict[str, dict]  # name -> loss, epsilon, seconds, examples
+    dropped: list[str]
+    seconds: dict[str, float]  # train, mask, aggregate, reveal, unmask
+    courier_bytes: int
+    metrics: dict
+
+    def to_dict(self) -> dict:
+        return {
+            "round": self.round,
+            "sites": self.sites,
+            "dropped": self.dropped,
+            "seconds": self.seconds,
+            "courier_bytes": self.courier_bytes,
+            "metrics": self.metrics,
+        }
+
+
+Event = Callable[[str, dict], None]
+
+
+class Simulation:
+    """One simulated federation in ``config.out``; ``run()`` drives every round."""
+
+    def __init__(self, config: SimulationConfig, on_event: Event | None = None):
+        self.cfg = config
+        self.root = config.out
+        self.coord_dir = self.root / COORDINATOR_DIR
+        self.eval_dir = self.root / EVALUATION_DIR
+        self.courier = Courier(self.root / "courier.log")
+        self.emit = on_event or (lambda kind, info: None)
+        self.site_names: list[str] = []
+        self.rounds: list[RoundRecord] = []
+
+    # --- set-up ------------------------------------------------------------------------------
+    def _site_dir(self, name: str) -> Path:
+        return self.root / SITES_DIR / name
+
+    def _prepare_folders(self) -> None:
+        if self.root.exists() and any(self.root.iterdir()):
+            raise FedxrayError(
+                f"run folder {self.root} is not empty", hint="choose a new -o folder"
+            )
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.coord_dir.mkdir()
+        self.eval_dir.mkdir()
+
+    def _site_data(self) -> tuple[list[tuple[str, list[Path] | Shard]], list[Path] | Shard]:
+        """Per site: either folders it preps itself, or a pre-split shard; plus held-out data."""
+        from fedxray.data.prep import prepare
+        from fedxray.plan import DEFAULT_CLASSES
+        from fedxray.simulation.split import holdout_split, split_sites
+
+        cfg = self.cfg
+        data = cfg.data or default_sample_data()
+        if data is None:
+            raise FedxrayError("no sample data found next to the package", hint="pass --data DIR")
+        hospitals = sorted(p for p in data.glob("hospital-*") if p.is_dir())
+        if cfg.data is None or (hospitals and (data / "test").is_dir()):
+            if cfg.sites not in (None, len(hospitals)):
+                raise FedxrayError(
+                    f"{data} has {len(hospitals)} hospital folders; --sites must match",
+                    hint="or point --data at a plain folder of images to split",
+                )
+            return [(h.name, [h]) for h in hospitals], [data / "test"]
+        # A plain folder: prep once, hold out patients, split the rest by patient.
+        shard, _ = prepare(
+            [data], image_size=cfg.image_size, classes=DEFAULT_CLASSES, workers=cfg.workers
+        )
+        train, held = holdout_split(shard, cfg.holdout, cfg.seed)
+        parts = split_sites(train, cfg.sites or 3, cfg.seed, cfg.skew)
+        return [(f"site-{i + 1}", part) for i, part in enumerate(parts)], held
+
+    def setup(self) -> None:
+        from fedxray.data.prep import prepare
+        from fedxray.data.shard_io import write_shard
+        from fedxray.federation import initialise
+        from fedxray.plan import DEFAULT_CLASSES, card_bytes, make_settings
+
+        cfg = self.cfg
+        self._prepare_folders()
+        site_data, held = self._site_data()
+        self.site_names = [name for name, _ in site_data]
+        unknown = {s for names in cfg.drops.values() for s in names} - set(self.site_names)
+        if unknown:
+            raise FedxrayError(
+                f"--drop names unknown site(s): {', '.join(sorted(unknown))}",
+                hint=f"sites: {', '.join(self.site_names)}",
+            )
+        # Each site: keygen, prep its own data (or receive its split), send its card.
+        for name, source in site_data:
+            folder = self._site_dir(name)
+            folder.mkdir(parents=True)
+            ident = keys.generate(name)
+            keys.save_private_key(ident, folder / f"{name}.key")
+            write_atomic(folder / f"{name}.pub", card_bytes(ident))
+            if isinstance(source, Shard):
+                shard = source
+            else:
+                shard, _ = prepare(
+                    source,
+                    image_size=cfg.image_size,
+                    classes=DEFAULT_CLASSES,
+                    secret=site_secret(ident),
+                    workers=cfg.workers,
+                )
+            write_shard(folder / f"{name}.shard", shard)
+            self.courier.carry(folder / f"{name}.pub", self.coord_dir)
+            self.emit("site", {"site": name, "images": len(shard), "patients": shard.num_patients})
+        # Held-out evaluation data lives with an evaluation party, never with the coordinator.
+        if not isinstance(held, Shard):
+            held, _ = prepare(
+                held, image_size=cfg.image_size, classes=DEFAULT_CLASSES, workers=cfg.workers
+            )
+        write_shard(self.eval_dir / "test.shard", held)
+        # Coordinator: init from the cards it received.
+        settings = make_settings(
+            {
+                "model": {"arch": cfg.arch, "image_size": cfg.image_size, "in_channels": 1},
+                "training": {
+                    "rounds": cfg.rounds,
+                    "local_epochs": cfg.local_epochs,
+                    "batch_size": cfg.batch_size,
+                    "lr": cfg.lr,
+                },
+                "dp": {
+                    "epsilon": cfg.epsilon,
+                    "delta": cfg.delta,
+                    "max_grad_norm": cfg.clip_norm,
+                    "allow_no_dp": not cfg.dp,
+                },
+                "secagg": {"strict": cfg.strict},
+                "server": {"optimizer": cfg.server_opt, "lr": cfg.server_lr},
+                "min_sites": cfg.min_sites,
+            }
+        )
+        cards = [self.coord_dir / INBOX / f"{n}.pub" for n in self.site_names]
+        res = initialise(FEDERATION_NAME, self.coord_dir, cards, settings, seed=cfg.seed)
+        self.plan_path, self.model_path = res.plan_path, res.model_path
+        for name in self.site_names:
+            self.courier.carry(self.plan_path, self._site_dir(name))
+            self.courier.carry(self.model_path, self._site_dir(name), 1)
+        self.emit("init", {"sites": self.site_names, "plan": str(self.plan_path)})
+
+    # --- one round ---------------------------------------------------------------------------
+    def run_round(self, r: int) -> RoundRecord:
+        from fedxray.modelfile import model_filename
+        from fedxray.plan import load_plan
+        from fedxray.secagg import protocol
+        from fedxray.site_training import train_local
+
+        cfg = self.cfg
+        dropped = sorted(cfg.drops.get(r, set()))
+        seconds = {"train": 0.0, "mask": 0.0, "aggregate": 0.0, "reveal": 0.0, "unmask": 0.0}
+        site_info: dict[str, dict] = {}
+        coord_key = keys.load_private_key(self.coord_dir / "coordinator.key")
+        masked_files = []
+        for name in self.site_names:
+            folder = self._site_dir(name)
+            plan = load_plan(folder / INBOX / self.plan_path.name)
+            key = keys.load_private_key(folder / f"{name}.key")
+            model_bytes = read_input(folder / INBOX / model_filename(r))
+            t0 = time.perf_counter()
+            local = train_local(
+                model_bytes,
+                folder / f"{name}.shard",
+                plan,
+                key,
+                ledger_path=folder / f"{name}.ledger",
+                checkpoint_dir=folder / "checkpoints",
+                dp=cfg.dp,
+                device=cfg.device,
+                seed=cfg.seed * 1000 + r,
+            )
+            seconds["train"] += time.perf_counter() - t0
+            update = local.update
+            write_atomic(folder / f"{name}-round-{r:04d}.update", update)
+            site_info[name] = local.summary()
+            if name in dropped:
+                # Trained but never delivered: the courier does not reach this site this round.
+                site_info[name]["dropped"] = True
+                self.emit("site-round", {"round": r, "site": name, **site_info[name]})
+                continue
+            t0 = time.perf_counter()
+            masked = protocol.mask_update(update, plan, key, folder)
+            seconds["mask"] += time.perf_counter() - t0
+            masked_path = folder / f"{name}-round-{r:04d}.masked"
+            write_atomic(masked_path, masked)
+            masked_files.append(self.courier.carry(masked_path, self.coord_dir, r))
+            self.emit("site-round", {"round": r, "site": name, **site_info[name]})
+
+        plan = load_plan(self.plan_path)
+        t0 = time.perf_counter()
+        total, closure = protocol.aggregate(
+            masked_files, plan, coord_key, r, state_dir=self.coord_dir
+        )
+        seconds["aggregate"] += time.perf_counter() - t0
+        sum_path = self.coord_dir / f"round-{r:04d}.sum"
+        write_atomic(sum_path, total)
+        reveals = []
+        if closure is not None:
+            closure_path = self.coord_dir / f"round-{r:04d}.closure"
+            write_atomic(closure_path, closure)
+            for name in self.site_names:
+                if name in dropped:
+                    continue
+                folder = self._site_dir(name)
+                carried = self.courier.carry(closure_path, folder, r)
+                site_plan = load_plan(folder / INBOX / self.plan_path.name)
+                key = keys.load_private_key(folder / f"{name}.key")
+                t0 = time.perf_counter()
+                rev = protocol.reveal(read_input(carried), site_plan, key, folder)
+                seconds["reveal"] += time.perf_counter() - t0
+                rev_path = folder / f"{name}-round-{r:04d}.reveal"
+                write_atomic(rev_path, rev)
+                reveals.append(self.courier.carry(rev_path, self.coord_dir, r))
+        t0 = time.perf_counter()
+        next_model = protocol.unmask(
+            total,
+            reveals,
+            plan,
+            coord_key,
+            read_input(self.coord_dir / model_filename(r)),
+            self.coord_dir / "server.state",
+        )
+        seconds["unmask"] += time.perf_counter() - t0
+        next_path = self.coord_dir / model_filename(r + 1)
+        write_atomic(next_path, next_model)
+        for name in self.site_names:
+            self.courier.carry(next_path, self._site_dir(name), r + 1)
+        metrics = self.evaluate(self.courier.carry(next_path, self.eval_dir, r + 1), n_boot=0)
+        rec = RoundRecord(
+            r,
+            site_info,
+            dropped,
+            {k: round(v, 3) for k, v in seconds.items()},
+            self.courier.bytes_carried(r),
+            metrics,
+        )
+        self.rounds.append(rec)
+        self.emit("round", rec.to_dict())
+        return rec
+
+    # --- evaluation --------------------------------------------------------------------------
+    def evaluate(self, model_path: Path, n_boot: int) -> dict:
+        """The evaluation party's view: the model on the held-out shard."""
+        from fedxray.data.shard_io import read_shard
+        from fedxray.evaluation.run import evaluate_shard, load_model
+
+        model = load_model(model_path, self.eval_dir / INBOX / self.plan_path.name)
+        shard = read_shard(self.eval_dir / "test.shard")
+        report = evaluate_shard(
+            model, shard, reads=None, n_boot=n_boot, seed=self.cfg.seed, device=self.cfg.device
+        )
+        return report.to_dict()
+
+    def run(self) -> dict:
+        from fedxray.modelfile import model_filename
+
+        t_start = time.perf_counter()
+        self.setup()
+        self.courier.carry(self.plan_path, self.eval_dir)
+        for r in range(1, self.cfg.rounds + 1):
+            self.run_round(r)
+        final_model = self.eval_dir / INBOX / model_filename(self.cfg.rounds + 1)
+        final = self.evaluate(final_model, n_boot=self.cfg.bootstrap)
+        summary = {
+            "run_folder": str(self.root),
+            "sites": self.site_names,
+            "rounds": [r.to_dict() for r in self.rounds],
+            "final_model": str(final_model),
+            "final_evaluation": final,
+            "seconds": round(time.perf_counter() - t_start, 2),
+            "settings": _jsonable(self.cfg),
+        }
+        write_atomic(self.root / "report.json", (json.dumps(summary, indent=1) + "\n").encode())
+        return summary
+
+
+def _jsonable(cfg: SimulationConfig) -> dict:
+    out = {}
+    for k, v in cfg.__dict__.items():
+        if isinstance(v, Path):
+            v = str(v)
+        elif k == "drops":
+            v = {str(r): sorted(s) for r, s in v.items()}
+        elif isinstance(v, np.generic):
+            v = v.item()
+        out[k] = v
+    return out

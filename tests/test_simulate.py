@@ -1,0 +1,94 @@
+"""`fedxray simulate`: a whole federation on one machine, files kept where they belong."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fedxray.simulation.courier import TRAVELLING_SUFFIXES
+from tests.cli_helpers import run_cli
+
+NEVER_TRAVEL = {".key", ".shard", ".ledger", ".update"}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sim") / "run"
+    r = run_cli(
+        "simulate", "-o", out, "--rounds", "2", "--local-epochs", "1", "--image-size", "16",
+        "--bootstrap", "20", "--drop", "hospital-c@2", "--min-sites", "2", "--json",
+    )  # fmt: skip
+    assert r.code == 0, r.err
+    return out, json.loads(r.out)
+
+
+def test_report_has_rounds_sites_times_and_metrics(run):
+    out, doc = run
+    assert doc["sites"] == ["hospital-a", "hospital-b", "hospital-c"]
+    assert [r["round"] for r in doc["rounds"]] == [1, 2]
+    r1, r2 = doc["rounds"]
+    assert r1["dropped"] == [] and r2["dropped"] == ["hospital-c"]
+    for r in doc["rounds"]:
+        assert set(r["seconds"]) == {"train", "mask", "aggregate", "reveal", "unmask"}
+        for site in r["sites"].values():
+            assert site["dp"] is True and 0 < site["epsilon"] <= 8.0
+            assert site["loss"] > 0
+        assert 0 <= r["metrics"]["metrics"]["accuracy"]["value"] <= 1
+    assert r2["seconds"]["reveal"] > 0 and r1["seconds"]["reveal"] == 0
+    final = doc["final_evaluation"]
+    assert final["bootstrap"]["resamples"] == 20
+    assert (out / "report.json").exists()
+
+
+def test_private_files_never_leave_their_owner(run):
+    out, _ = run
+    for f in out.rglob("*"):
+        if not f.is_file():
+            continue
+        rel = f.relative_to(out)
+        if f.suffix in NEVER_TRAVEL:
+            assert "inbox" not in rel.parts, rel
+            if rel.parts[0] == "sites":
+                owner = rel.parts[1]
+                assert f.name.startswith(owner), rel
+            else:
+                # the coordinator's own key, the evaluation party's own test shard
+                assert (rel.parts[0], f.suffix) in {
+                    ("coordinator", ".key"),
+                    ("evaluation", ".shard"),
+                }
+        if "inbox" in rel.parts:
+            assert f.suffix in TRAVELLING_SUFFIXES, rel
+    assert not list((out / "coordinator").rglob("*.shard"))
+    assert not list((out / "coordinator").rglob("*.update"))
+
+
+def test_courier_log_lists_only_travelling_files(run):
+    out, _ = run
+    trips = [json.loads(line) for line in (out / "courier.log").read_text().splitlines()]
+    assert trips and all(Path(t["file"]).suffix in TRAVELLING_SUFFIXES for t in trips)
+    # The dropped site's round-2 masked file never travelled; the survivors' reveals did.
+    files = {t["file"] for t in trips}
+    assert "hospital-c-round-0002.masked" not in files
+    assert {"hospital-a-round-0002.reveal", "hospital-b-round-0002.reveal"} <= files
+    assert "hospital-c-round-0001.masked" in files
+
+
+def test_every_artifact_verifies(run):
+    out, _ = run
+    plan = out / "coordinator" / "simulation.plan"
+    for f in sorted((out / "coordinator").glob("round-*.model")):
+        assert run_cli("verify", f, "--plan", plan).code == 0
+
+
+def test_refuses_non_empty_run_folder(run):
+    out, _ = run
+    r = run_cli("simulate", "-o", out, "--rounds", "1")
+    assert r.code == 1 and "not empty" in r.err
+
+
+def test_bad_drop_is_a_usage_error(tmp_path):
+    r = run_cli("simulate", "-o", tmp_path / "x", "--drop", "hospital-a")
+    assert r.code == 1 and "SITE@ROUND" in r.err
