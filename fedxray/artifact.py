@@ -2,9 +2,14 @@
 
 Layout: a plain safetensors file whose ``__metadata__`` holds two strings, ``fedxray`` (the
 header as canonical JSON) and ``signature`` (Ed25519, hex). The signature covers the SHA-256 of
-the WHOLE file with the signature's hex digits replaced by zeros, so one flipped byte anywhere
-(header padding, tensor index, payload, even the signature) makes verification fail. The bytes
-are read once, verified, then parsed from the same buffer without copying it.
+the whole safetensors header (length prefix, tensor index, padding, fedxray header) with the
+signature's hex digits replaced by zeros; the fedxray header carries the SHA-256 of the tensor
+data. So one flipped byte anywhere (header padding, tensor index, payload, even the signature)
+makes verification fail, and the tensor data is hashed once. The bytes are read once, verified,
+then parsed from the same buffer without copying it.
+
+An artifact's id (``digest``, what children name as their parent) is the SHA-256 of its signed
+header: it pins the payload through the payload hash inside.
 """
 
 from __future__ import annotations
@@ -92,7 +97,7 @@ class Header:
 class Artifact:
     header: Header
     tensors: dict[str, np.ndarray]
-    digest: str  # SHA-256 of the whole file: what children name as their parent
+    digest: str  # artifact_id(): what children name as their parent
     signature: str
 
     @property
@@ -110,14 +115,18 @@ def file_digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _signed_digest(data, sig_start: int) -> bytes:
-    """SHA-256 over domain + file, with the signature's hex digits taken as zeros (no copies)."""
-    view = memoryview(data)
+def _signed_digest(head: bytes, sig_start: int) -> bytes:
+    """SHA-256 over domain + header, with the signature's hex digits taken as zeros."""
     h = hashlib.sha256(SIGNING_DOMAIN)
-    h.update(view[:sig_start])
+    h.update(head[:sig_start])
     h.update(_PLACEHOLDER.encode())
-    h.update(view[sig_start + SIG_HEX_LEN :])
+    h.update(head[sig_start + SIG_HEX_LEN :])
     return h.digest()
+
+
+def artifact_id(head: bytes) -> str:
+    """The id of an artifact: SHA-256 of its complete (signed) header bytes."""
+    return hashlib.sha256(b"fedxray-artifact-id-v1\0" + head).hexdigest()
 
 
 _PAYLOAD_MARK = b'payload_sha256\\":\\"' + b"0" * 64
@@ -150,23 +159,23 @@ def build_artifact(
         payload_sha256="0" * 64,  # patched in place below, once the payload is laid out
         meta=meta,
     )
-    buf = bytearray(
-        _safetensors_save(
-            arrays,
-            metadata={"fedxray": canonical_json(header.to_dict()), "signature": _PLACEHOLDER},
-        )
+    unsigned = _safetensors_save(
+        arrays,
+        metadata={"fedxray": canonical_json(header.to_dict()), "signature": _PLACEHOLDER},
     )
-    head_end = 8 + struct.unpack("<Q", buf[:8])[0]
-    head = bytes(buf[:head_end])
+    head_end = 8 + struct.unpack("<Q", unsigned[:8])[0]
+    head = bytearray(unsigned[:head_end])
     sig_marker = f'"{_PLACEHOLDER}"'.encode()
     if head.count(_PAYLOAD_MARK) != 1 or head.count(sig_marker) != 1:
         raise RuntimeError("unexpected safetensors layout")
+    payload = memoryview(unsigned)[head_end:]
     pos = head.index(_PAYLOAD_MARK) + len(_PAYLOAD_MARK) - 64
-    buf[pos : pos + 64] = hashlib.sha256(memoryview(buf)[head_end:]).hexdigest().encode()
-    sig_start = bytes(buf[:head_end]).index(sig_marker) + 1
-    signature = signer.sign(_signed_digest(buf, sig_start)).hex()
-    buf[sig_start : sig_start + SIG_HEX_LEN] = signature.encode()
-    return bytes(buf)
+    head[pos : pos + 64] = hashlib.sha256(payload).hexdigest().encode()
+    sig_start = head.index(sig_marker) + 1
+    signature = signer.sign(_signed_digest(bytes(head), sig_start)).hex()
+    head[sig_start : sig_start + SIG_HEX_LEN] = signature.encode()
+    # One copy of the payload: the patched header and the data, joined.
+    return b"".join((head, payload))
 
 
 def _fail(msg: str) -> VerificationError:
@@ -204,7 +213,7 @@ def parse_unverified(data: bytes, what: str = "file") -> tuple[Artifact, bytes]:
     marker = f'"{sig}"'.encode()
     if head_bytes.count(marker) != 1:
         raise _fail(f"{what} has a malformed signature")
-    message = _signed_digest(data, 8 + head_bytes.index(marker) + 1)
+    message = _signed_digest(data[: 8 + hlen], 8 + head_bytes.index(marker) + 1)
     try:
         h = json.loads(hdr_json)
         header = Header(
@@ -228,7 +237,7 @@ def parse_unverified(data: bytes, what: str = "file") -> tuple[Artifact, bytes]:
     tensors = _parse_tensors(head, payload, what)
     if hashlib.sha256(payload).hexdigest() != header.payload_sha256:
         raise _fail(f"{what} is corrupt: payload checksum mismatch")
-    return Artifact(header, tensors, file_digest(data), sig), message
+    return Artifact(header, tensors, artifact_id(bytes(data[: 8 + hlen])), sig), message
 
 
 def _parse_tensors(index: dict, payload: memoryview, what: str) -> dict[str, np.ndarray]:

@@ -26,6 +26,7 @@ class InitResult:
     key_created: bool
     plan_summary: dict
     pretrained: dict | None
+    warnings: list[str]
 
 
 def ensure_identity(name: str, folder: Path) -> tuple[keys.PrivateIdentity, Path, Path, bool]:
@@ -148,6 +149,15 @@ def initialise(
     # The plan goes last: a half-finished init never leaves a plan without its model.
     write_atomic(model_path, model_data, force=force)
     write_atomic(plan_path, plan_data, force=force)
+    from fedxray.plan import settings_warnings
+
     return InitResult(
-        plan_path, model_path, key_path, card_path, created, plan.summary(), pretrained
+        plan_path,
+        model_path,
+        key_path,
+        card_path,
+        created,
+        plan.summary(),
+        pretrained,
+        settings_warnings(plan.settings),
     )

@@ -223,10 +223,15 @@ def test_encode_clips_and_refuses_bad_input():
     )
     assert clipped == 2
     assert np.allclose(decode(out, params), [-2, 1, 2, 2], atol=params.resolution)
-    with pytest.raises(FedxrayError, match="non-finite"):
-        encode_into(
-            out, np.array([0, np.nan, 0, 0], np.float32), 1, params, np.random.default_rng()
-        )
+    for bad in (np.nan, np.inf, -np.inf):
+        with pytest.raises(FedxrayError, match="non-finite"):
+            encode_into(
+                out, np.array([0, bad, 0, 0], np.float32), 1, params, np.random.default_rng()
+            )
+    # Huge but finite values (their sum overflows) are clipped, not mistaken for infinities.
+    huge = np.array([1e308, 1e308, -1e308, 0.25])
+    assert encode_into(out, huge, 1, params, np.random.default_rng()) == 3
+    assert np.allclose(decode(out, params), [1, 1, -1, 0.25], atol=params.resolution)
     with pytest.raises(FedxrayError, match="examples"):
         encode_into(out, np.zeros(4, np.float32), 11, params, np.random.default_rng())
     with pytest.raises(FedxrayError, match="examples"):
@@ -266,12 +271,18 @@ def test_capacity_accepts_plan_defaults_and_validates_settings():
         {"frac_bits": 24, "clip": 1.0, "max_examples": 0},
         {"frac_bits": 24.5, "clip": 1.0, "max_examples": 10},
         {"frac_bits": 24, "clip": 1.0, "max_examples": 10, "strict": "yes"},
-        {"frac_bits": 24, "clip": 1.0, "max_examples": 10, "min_sites": 2},
+        {"frac_bits": 24, "clip": 1.0, "max_examples": 10, "min_sites": 1},
+        {"frac_bits": 24, "clip": 1.0, "max_examples": 10, "min_sites": 0},
         {"clip": 1.0},
     ]
     for settings in bad:
         with pytest.raises(FedxrayError):
             check_capacity(settings, 3)
+    # Two sites per round is an explicit opt-in; three stays the default.
+    base = {"frac_bits": 24, "clip": 1.0, "max_examples": 10}
+    assert SecaggParams.from_settings({**base, "min_sites": 2}).min_sites == 2
+    assert SecaggParams.from_settings(base).min_sites == 3
+    check_capacity({**base, "min_sites": 2}, 2)
 
 
 def test_layout_and_accumulator():

@@ -480,3 +480,30 @@ def test_server_state_file(tmp_path):
     path.write_bytes(b"garbage")
     with pytest.raises(FedxrayError, match="unreadable"):
         load_server_state(path, fed.plan, cfg, 6, "p6", False)
+
+
+def test_abandon_round(tmp_path):
+    fed = Fed(tmp_path, n_sites=3)
+    coord = fed.dirs["coordinator"]
+    masked = [fed.mask(s) for s in SITES[:2]]
+    # Too few sites delivered: the round cannot be aggregated, so it is abandoned.
+    with pytest.raises(ProtocolRefusal, match="at least 3"):
+        fed.aggregate(masked)
+    other = build_model_artifact(
+        fed.plan, round_number=1, weights=fed.weights, parent="ee" * 32, provenance={},
+        signer=fed.coord,
+    )  # fmt: skip
+    nxt = protocol.abandon_round(fed.model, fed.plan, fed.coord, coord, reason="2 of 3")
+    model = load_model_artifact(nxt, fed.plan, round_number=2)
+    prov = model.header.meta["provenance"]
+    assert prov["abandoned"] and prov["reason"] == "2 of 3" and prov["sites"] == []
+    assert all(np.array_equal(model.tensors[n], w) for n, w in fed.weights.items())
+    # Once abandoned the round is closed for good, whatever arrives later.
+    with pytest.raises(ProtocolRefusal, match="abandoned"):
+        fed.aggregate([*masked, fed.mask("charlie")])
+    # Abandoning again re-issues the same weights; another round-1 model is not this round's.
+    protocol.abandon_round(fed.model, fed.plan, fed.coord, coord)
+    with pytest.raises(VerificationError, match="another global model"):
+        protocol.abandon_round(other, fed.plan, fed.coord, coord)
+    with pytest.raises(VerificationError, match="not the coordinator"):
+        protocol.abandon_round(fed.model, fed.plan, fed.sites["alpha"], coord)

@@ -161,8 +161,11 @@ def init(
                 "sites": s["sites"],
                 "settings": s["settings"],
                 "pretrained": res.pretrained,
+                "warnings": res.warnings,
             }
         )
+    for w in res.warnings:
+        ui.info(f"warning: {w}")
     ui.table(
         f"federation {name} ({s['federation'][:12]})",
         [(x["name"], x["fingerprint"]) for x in s["sites"]],

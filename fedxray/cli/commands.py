@@ -13,6 +13,11 @@ import typer
 MODULES = (
     "cmd_identity",  # keygen, init
     "cmd_files",  # inspect, verify
+    "cmd_prep",  # prep
+    "cmd_train",  # train-local, privacy
+    "cmd_secagg",  # mask, aggregate, reveal, unmask, abandon
+    "cmd_evaluate",  # evaluate, predict
+    "cmd_simulate",  # simulate
 )
 
 

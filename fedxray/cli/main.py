@@ -84,9 +84,9 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.UsageError as e:
         e.show(file=sys.stderr)
         sys.exit(EXIT_USAGE)
-    except click.exceptions.Exit as e:
+    except typer.Exit as e:
         sys.exit(e.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         print("fedxray: interrupted; no partial output was left", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
     except BrokenPipeError:

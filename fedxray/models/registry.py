@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -60,14 +61,19 @@ def state_layout(
     arch: str, image_size: int, num_classes: int, in_channels: int = 1
 ) -> dict[str, tuple[tuple[int, ...], str]]:
     """Name -> (shape, numpy dtype name) of every tensor that travels between sites."""
+    return dict(_layout(arch, int(image_size), int(num_classes), int(in_channels)))
+
+
+@functools.lru_cache(maxsize=16)  # building even a meta model costs ~0.1 s; layouts never change
+def _layout(arch: str, image_size: int, num_classes: int, in_channels: int) -> tuple:
     _check_arch(arch)
     with torch.device("meta"):  # shapes only, no memory, no initialisation cost
         model = build_model(arch, image_size, num_classes, in_channels)
-    return {
-        name: (tuple(t.shape), "float32")
+    return tuple(
+        (name, (tuple(t.shape), "float32"))
         for name, t in model.state_dict().items()
         if t.is_floating_point()
-    }
+    )
 
 
 def state_to_numpy(model: nn.Module) -> dict[str, np.ndarray]:

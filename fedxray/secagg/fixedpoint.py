@@ -68,8 +68,13 @@ class SecaggParams:
             raise FedxrayError(
                 f"secure aggregation: max_examples must be in [1, 2^40], got {max_examples}"
             )
-        if min_sites < 3:
-            raise FedxrayError("secure aggregation needs at least 3 sites per round")
+        # 2 is an explicit opt-in of the plan (each of two survivors can then recover the
+        # other's update from the sum, leaving only DP to protect it); 1 would publish it.
+        if min_sites < 2:
+            raise FedxrayError(
+                f"secure aggregation needs at least 2 sites per round, got min_sites {min_sites}",
+                hint="3 is the safe default; 2 leaves each of two sites only DP against the other",
+            )
         return cls(frac_bits, clip, max_examples, strict, min_sites)
 
     @property
@@ -143,21 +148,27 @@ def encode_into(
     clipped = 0
     buf = np.empty(min(_CHUNK, flat.size), dtype=np.float64)
     noise = np.empty_like(buf)
+    words = out.view(np.int64)  # two's complement: the int64 value is the uint64 word
     for start in range(0, flat.size, _CHUNK):
         part = flat[start : start + _CHUNK]
         v, u = buf[: part.size], noise[: part.size]
         v[:] = part
-        if not np.isfinite(v).all():
+        # A sum is finite unless a value is NaN or infinite (or the values are so large that
+        # the sum overflows, hence the exact check then): no temporary array in the common case.
+        with np.errstate(over="ignore", invalid="ignore"):
+            total = v.sum()
+        if not math.isfinite(total) and not np.isfinite(v).all():
             raise FedxrayError("the update has non-finite values (NaN or infinity)")
-        clipped += int(np.count_nonzero(np.abs(v) > params.clip))
-        np.clip(v, -params.clip, params.clip, out=v)
+        if v.min() < -params.clip or v.max() > params.clip:
+            clipped += int(np.count_nonzero(np.abs(v) > params.clip))
+            np.clip(v, -params.clip, params.clip, out=v)
         v *= scale
         # Stochastic rounding: floor(v + U[0,1)) rounds up with probability frac(v), so the
         # expected value is exact and the error of one coordinate is below one grid unit.
         rng.random(out=u)
         v += u
         np.floor(v, out=v)
-        out[start : start + part.size] = v.astype(np.int64).view(np.uint64)
+        np.copyto(words[start : start + part.size], v, casting="unsafe")  # exact: integers
     return clipped
 
 

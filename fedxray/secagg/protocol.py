@@ -24,6 +24,7 @@ from fedxray.artifact import (
     build_artifact,
     canonical_json,
     check_tensor_layout,
+    file_digest,
     load_artifact,
 )
 from fedxray.errors import FedxrayError, ProtocolRefusal, VerificationError
@@ -108,6 +109,15 @@ def compute_closure_id(
         "inputs": dict(sorted(inputs.items())),
     }
     return hashlib.sha256(b"fedxray-closure-v1\0" + canonical_json(doc).encode()).hexdigest()
+
+
+def closure_code(closure_id: str) -> str:
+    """The closure id's first 128 bits in groups of four: what sites compare by phone.
+
+    128 bits, not a fingerprint's 80: the coordinator chooses part of what the id hashes (the
+    other survivors' input hashes), so a shorter code could be ground into a collision.
+    """
+    return "-".join(closure_id[i : i + 4] for i in range(0, 32, 4))
 
 
 def _names(value, plan: Plan, what: str, field: str) -> list[str]:
@@ -385,14 +395,15 @@ def aggregate(
         "parent": parent,
         "signer": coordinator_key,
     }
-    st_ctx = (
-        open_state(state_dir, coordinator_key.name, plan.federation_id)
-        if state_dir is not None
-        else contextlib.nullcontext(None)
-    )
-    with st_ctx as st:
+    with _coordinator_state(state_dir, coordinator_key, plan) as st:
         rec = st.get(round) if st is not None else None
-        if rec is not None and rec.get("closure") != closure_id:
+        if rec is not None and rec.get("abandoned"):
+            raise ProtocolRefusal(
+                f"round {round} was abandoned; its masked updates can no longer be summed",
+                hint=f"the sites train round {round + 1} from the model re-issued then",
+            )
+        decided = rec is not None and rec.get("closure") is not None
+        if decided and rec.get("closure") != closure_id:
             late = sorted(set(survivors) - set(rec.get("survivors", [])))
             if late:
                 raise ProtocolRefusal(
@@ -416,10 +427,11 @@ def aggregate(
             tensors=acc.tensors(),
             **common,
         )
-        if st is not None and rec is None:
+        if st is not None and not decided:
             st.put(
                 round,
                 {
+                    **(rec or {}),
                     "closure": closure_id,
                     "needs_reveals": needs_closure,
                     "survivors": survivors,
@@ -564,6 +576,12 @@ def _collect_reveals(
     return got
 
 
+def _coordinator_state(state_dir, coordinator_key: PrivateIdentity, plan: Plan):
+    if state_dir is None:
+        return contextlib.nullcontext(None)
+    return open_state(state_dir, coordinator_key.name, plan.federation_id)
+
+
 def unmask(
     sum_bytes: bytes,
     reveals: Iterable[Input],
@@ -573,6 +591,7 @@ def unmask(
     server_state_path: str | os.PathLike | None,
     *,
     fresh_server_state: bool = False,
+    state_dir: str | os.PathLike | None = None,
 ) -> bytes:
     """Remove the remaining masks, average, apply the server step; return the next model.
 
@@ -580,34 +599,73 @@ def unmask(
     sites, the privacy each site reported, the parent model's hash. The server optimiser's
     state (a coordinator-local safetensors file) is updated before the model is returned;
     running the same round again recomputes the same step instead of applying it twice.
+    ``state_dir`` (the coordinator's folder, as for :func:`aggregate`) refuses a round that
+    was abandoned and records that this one was unmasked, so it cannot be abandoned later.
     """
     plan.require_coordinator(coordinator_key)
     params = plan_params(plan)
     layout = plan_layout(plan)
-    cfg = ServerConfig.from_settings(plan.server)
+    ServerConfig.from_settings(plan.server)  # bad server settings fail before any work
     total = load_artifact(
         sum_bytes, plan=plan, kind="sum", sender=plan.coordinator.name, what="sum"
     )
     r = total.header.round
-    model = load_model_artifact(global_model_bytes, plan, round_number=r, what="global model")
-    if model.digest != total.header.parent:
-        raise VerificationError(
-            f"the sum of round {r} was made from updates of another global model "
-            f"({total.header.parent[:12]}, given {model.digest[:12]})"
+    with _coordinator_state(state_dir, coordinator_key, plan) as st:
+        rec = st.get(r) if st is not None else None
+        if rec is not None and rec.get("abandoned"):
+            raise ProtocolRefusal(
+                f"round {r} was abandoned; it can no longer be unmasked",
+                hint=f"round {r + 1} trains from the model re-issued when it was abandoned",
+            )
+        model = load_model_artifact(global_model_bytes, plan, round_number=r, what="global model")
+        if model.digest != total.header.parent:
+            raise VerificationError(
+                f"the sum of round {r} was made from updates of another global model "
+                f"({total.header.parent[:12]}, given {model.digest[:12]})"
+            )
+        check_tensor_layout(total, layout.tensor_layout(), "sum")
+        meta = total.header.meta
+        survivors, dropped, strict, inputs = _round_fields(meta, plan, params, "the sum")
+        closure_id = meta.get("closure")
+        expected_id = compute_closure_id(
+            plan, r, total.header.parent, survivors, dropped, strict, inputs
         )
-    check_tensor_layout(total, layout.tensor_layout(), "sum")
-    meta = total.header.meta
-    survivors, dropped, strict, inputs = _round_fields(meta, plan, params, "the sum")
-    closure_id = meta.get("closure")
-    expected_id = compute_closure_id(
-        plan, r, total.header.parent, survivors, dropped, strict, inputs
-    )
-    if closure_id not in (None, expected_id) or (closure_id is None) != (
-        not dropped and not strict
-    ):
-        raise VerificationError("the sum's closure id does not match its contents")
-    got = _collect_reveals(reveals, plan, r, survivors, dropped, strict, closure_id)
+        if closure_id not in (None, expected_id) or (closure_id is None) != (
+            not dropped and not strict
+        ):
+            raise VerificationError("the sum's closure id does not match its contents")
+        got = _collect_reveals(reveals, plan, r, survivors, dropped, strict, closure_id)
+        data = _next_model(
+            total,
+            model,
+            got,
+            plan,
+            coordinator_key,
+            layout=layout,
+            cohort=(survivors, dropped, strict),
+            server_state=(server_state_path, fresh_server_state),
+        )
+        if st is not None:
+            st.put(r, {**(rec or {}), "unmasked": file_digest(data), "unmasked_at": _now()})
+    return data
 
+
+def _next_model(
+    total: Artifact,
+    model: Artifact,
+    got: Mapping[str, tuple[dict[str, bytes], bytes | None]],
+    plan: Plan,
+    coordinator_key: PrivateIdentity,
+    *,
+    layout: FlatLayout,
+    cohort: tuple[list[str], list[str], bool],
+    server_state: tuple[str | os.PathLike | None, bool],
+) -> bytes:
+    """Unmask the verified sum with the verified reveals, average, step, sign the next model."""
+    params, cfg = plan_params(plan), ServerConfig.from_settings(plan.server)
+    survivors, dropped, strict = cohort
+    server_state_path, fresh_server_state = server_state
+    r, meta = total.header.round, total.header.meta
     flat = np.empty(layout.size, dtype=np.uint64)
     for name, view in layout.views(flat).items():
         view[...] = total.tensors[name]
@@ -653,4 +711,71 @@ def unmask(
     )
     if state_path is not None:
         save_server_state(state_path, plan, cfg, r, model.digest, before, after)
+    return data
+
+
+# --- abandon (coordinator) --------------------------------------------------------------------
+
+
+def abandon_round(
+    global_model_bytes: bytes,
+    plan: Plan,
+    coordinator_key: PrivateIdentity,
+    state_dir: str | os.PathLike,
+    *,
+    reason: str | None = None,
+) -> bytes:
+    """Give up the round of ``global_model_bytes``: return its weights as round r + 1's model.
+
+    For a round that cannot finish: a survivor never returns its reveal, or too few sites
+    deliver. Nothing is unmasked and nothing secret is used; the round is recorded as
+    abandoned in the coordinator's state first, so it can no longer be aggregated or
+    unmasked (that would give two models for round r + 1). A round already unmasked cannot
+    be abandoned. The sites' pair masks are per round, so round r + 1 masks afresh; the
+    privacy the sites spent training round r stays spent.
+    """
+    plan.require_coordinator(coordinator_key)
+    model = load_model_artifact(global_model_bytes, plan, what="global model")
+    r = model.header.round
+    with open_state(state_dir, coordinator_key.name, plan.federation_id) as st:
+        rec = st.get(r) or {}
+        if rec.get("unmasked"):
+            raise ProtocolRefusal(
+                f"round {r} was already unmasked into round {r + 1}'s model; it cannot be "
+                "abandoned",
+                hint=f"send round {r + 1}'s model (run `fedxray unmask` again if it was lost)",
+            )
+        if rec.get("parent") not in (None, model.digest):
+            raise VerificationError(
+                f"round {r} was aggregated from updates of another global model "
+                f"({rec['parent'][:12]}, given {model.digest[:12]})"
+            )
+        provenance = {
+            "round": r,
+            "parent": model.digest,
+            "abandoned": True,
+            "reason": reason,
+            "aggregated": rec.get("closure") is not None,
+            "sites": [],
+            "dropped": sorted(plan.site_names),
+            "epsilon": {},
+        }
+        data = build_model_artifact(
+            plan,
+            round_number=r + 1,
+            weights=model.tensors,
+            parent=model.digest,
+            provenance=provenance,
+            signer=coordinator_key,
+        )
+        st.put(
+            r,
+            {
+                **rec,
+                "parent": model.digest,
+                "abandoned": True,
+                "abandoned_at": _now(),
+                "reason": reason,
+            },
+        )
     return data

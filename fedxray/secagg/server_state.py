@@ -8,6 +8,8 @@ is refused.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -19,6 +21,12 @@ from fedxray.plan import Plan
 from fedxray.secagg.server import ServerConfig
 
 SERVER_STATE_FORMAT = "fedxray-server-state-v1"
+
+
+def server_state_path(state_dir: str | os.PathLike, plan: Plan) -> Path:
+    """Where the coordinator keeps the optimiser state: beside its secagg state file."""
+    tag = hashlib.sha256(plan.federation_id.encode()).hexdigest()[:12]
+    return Path(state_dir) / f"{plan.coordinator.name}.{tag}.server.safetensors"
 
 
 def load_server_state(
@@ -37,7 +45,8 @@ def load_server_state(
             raise FedxrayError(
                 f"server state {path} is missing, but round {round_number} continues a "
                 f"{cfg.optimizer} run",
-                hint="restore the file, or start the optimiser state afresh on purpose",
+                hint="restore the file, or start the optimiser state afresh on purpose "
+                "(fedxray unmask --fresh-server-state)",
             )
         return {}
     from safetensors import SafetensorError, safe_open

@@ -212,6 +212,7 @@ class Simulation:
         from fedxray.modelfile import model_filename
         from fedxray.plan import load_plan
         from fedxray.secagg import protocol
+        from fedxray.secagg.server_state import server_state_path
         from fedxray.site_training import train_local
 
         cfg = self.cfg
@@ -286,7 +287,8 @@ class Simulation:
             plan,
             coord_key,
             read_input(self.coord_dir / model_filename(r)),
-            self.coord_dir / "server.state",
+            server_state_path(self.coord_dir, plan),
+            state_dir=self.coord_dir,
         )
         seconds["unmask"] += time.perf_counter() - t0
         next_path = self.coord_dir / model_filename(r + 1)
