@@ -83,7 +83,7 @@ class Ui:
             TimeElapsedColumn(),
             console=self.console,
             transient=True,
-            disable=self.console.quiet,
+            disable=self.console.quiet or not self.console.is_terminal,
         )
 
 

@@ -1,0 +1,87 @@
+"""`fedxray train-local` and `fedxray privacy` through the CLI: update, budget, ledger."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fedxray.errors import EXIT_BUDGET, EXIT_REFUSED, EXIT_VERIFY
+from tests.cli_helpers import run_cli
+from tests.conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    d = tmp_path_factory.mktemp("fed")
+    for s in ("hosp-a", "hosp-b", "hosp-c"):
+        assert run_cli("keygen", s, "-o", d, "-q").code == 0
+    cards = [d / f"hosp-{s}.pub" for s in "abc"]
+    r = run_cli(
+        "init", "--name", "demo", "-o", d / "coord", "--image-size", "16", "--rounds", "2",
+        "--local-epochs", "1", "--epsilon", "4", "-q", *cards,
+    )  # fmt: skip
+    assert r.code == 0, r.err
+    plan, key = d / "coord" / "demo.plan", d / "hosp-a.key"
+    r = run_cli("prep", REPO / "sample_data" / "hospital-c", "-o", d / "a.shard", "--plan", plan,
+                "--key", key, "-q")  # fmt: skip
+    assert r.code == 0, r.err
+    return d, plan, key
+
+
+def _train(d, plan, key, out, *extra):
+    return run_cli(
+        "train-local", d / "coord" / "round-0001.model", "--data", d / "a.shard", "--plan", plan,
+        "--key", key, "-o", out, "--json", *extra,
+    )  # fmt: skip
+
+
+def test_update_verifies_and_ledger_records_it(site):
+    d, plan, key = site
+    r = _train(d, plan, key, d / "a.update")
+    assert r.code == 0, r.err
+    doc = json.loads(r.out)
+    assert doc["dp"] is True and doc["unit"] == "patient" and 0 < doc["epsilon"] <= 4
+    v = run_cli("verify", d / "a.update", "--plan", plan, "--sender", "hosp-a", "--round", "1")
+    assert v.code == 0, v.err
+    info = json.loads(run_cli("inspect", d / "a.update", "--json").out)
+    assert (
+        info["parent"]
+        == json.loads(
+            run_cli("verify", d / "coord" / "round-0001.model", "--plan", plan, "--json").out
+        )["file_sha256"]
+    )
+    assert info["meta"]["num_examples"] == doc["examples"] and "losses" not in info["meta"]
+    p = run_cli("privacy", doc["ledger"], "--plan", plan, "--json")
+    assert p.code == 0, p.err
+    rows = json.loads(p.out)["federations"][0]["rounds"]
+    assert [r["round"] for r in rows] == [1] and rows[0]["epsilon_total"] == doc["epsilon"]
+    # Someone else's site name on the update is caught.
+    assert run_cli("verify", d / "a.update", "--plan", plan, "--sender", "hosp-b").code == (
+        EXIT_VERIFY
+    )
+
+
+def test_budget_refusal_writes_nothing(site, tmp_path):
+    d, plan, key = site
+    ledger = tmp_path / "strict.ledger"
+    r = _train(d, plan, key, tmp_path / "x.update", "--ledger", ledger, "--max-epsilon", "0.01")
+    assert r.code == EXIT_BUDGET, r.err
+    assert r.err.startswith("fedxray: error:") and "Traceback" not in r.err
+    assert not (tmp_path / "x.update").exists()
+
+
+def test_no_dp_refused_when_plan_forbids(site, tmp_path):
+    d, plan, key = site
+    r = _train(d, plan, key, tmp_path / "x.update", "--no-dp", "--ledger", tmp_path / "l.ledger")
+    assert r.code == EXIT_REFUSED and "--allow-no-dp" in r.err
+    assert not (tmp_path / "x.update").exists()
+
+
+def test_wrong_model_is_rejected(site, tmp_path):
+    d, plan, key = site
+    fake = tmp_path / "round-0001.model"
+    fake.write_bytes((d / "hosp-b.pub").read_bytes())  # a valid file of the wrong kind
+    r = run_cli("train-local", fake, "--data", d / "a.shard", "--plan", plan, "--key", key,
+                "-o", tmp_path / "y.update")  # fmt: skip
+    assert r.code == EXIT_VERIFY and not (tmp_path / "y.update").exists()
