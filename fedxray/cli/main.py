@@ -105,4 +105,6 @@ def main(argv: list[str] | None = None) -> None:
         print(f"fedxray: error: internal error: {type(e).__name__}: {e}", file=sys.stderr)
         print("hint: rerun with --debug for the traceback and report it", file=sys.stderr)
         sys.exit(EXIT_ERROR)
+    if code == EXIT_INTERRUPTED:  # typer turns Ctrl-C into a returned exit code 130
+        print("fedxray: interrupted; no partial output was left", file=sys.stderr)
     sys.exit(code if isinstance(code, int) else 0)
