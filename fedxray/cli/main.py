@@ -85,9 +85,7 @@ def main(argv: list[str] | None = None) -> None:
         e.show(file=sys.stderr)
         sys.exit(EXIT_USAGE)
     except typer.Exit as e:
-        if e.exit_code == EXIT_INTERRUPTED:  # typer turns Ctrl-C into Exit(130)
-            print("fedxray: interrupted; no partial output was left", file=sys.stderr)
-        sys.exit(e.exit_code)
+        code = e.exit_code
     except (typer.Abort, KeyboardInterrupt):
         print("fedxray: interrupted; no partial output was left", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
