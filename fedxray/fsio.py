@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import sys
 import tempfile
@@ -99,3 +100,28 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(dfd)
+
+
+@contextlib.contextmanager
+def exclusive_lock(target: str | os.PathLike, busy: str, hint: str):
+    """Hold a non-blocking exclusive flock on ``target`` (a folder, or a lock file it creates).
+
+    A second process gets FedxrayError(busy, hint) at once instead of waiting: two runs that
+    touch the same ledger or protocol state must never interleave.
+    """
+    p = Path(target)
+    try:
+        if p.is_dir():
+            fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY)
+        else:
+            fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as e:
+        raise FedxrayError(f"cannot lock {p}: {e.strerror}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FedxrayError(busy, hint=hint) from None
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock

@@ -10,7 +10,6 @@ fedxray processes from deciding at the same time.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -18,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from fedxray.errors import FedxrayError
-from fedxray.fsio import write_atomic
+from fedxray.fsio import exclusive_lock, write_atomic
 
 STATE_FORMAT = "fedxray-secagg-state-v1"
 
@@ -83,18 +82,9 @@ def open_state(
         raise FedxrayError(f"state folder does not exist: {folder}")
     path = state_path(folder, party, federation_id)
     lock_path = path.with_name(path.name + ".lock")
-    try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError as e:
-        raise FedxrayError(f"cannot write in state folder {folder}: {e.strerror}") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise FedxrayError(
-                f"another fedxray process is using {path.name}",
-                hint="wait for it to finish, then run the command again",
-            ) from None
+    with exclusive_lock(
+        lock_path,
+        f"another fedxray process is using {path.name}",
+        "wait for it to finish, then run the command again",
+    ):
         yield _read(path, party, federation_id)
-    finally:
-        os.close(fd)  # closing releases the lock; the lock file itself stays (harmless)

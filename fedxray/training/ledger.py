@@ -8,8 +8,6 @@ would silently forget past spending).
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import math
 import os
@@ -18,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedxray.errors import FedxrayError
-from fedxray.fsio import write_atomic
+from fedxray.fsio import exclusive_lock, write_atomic
 from fedxray.training import accounting
 
 FORMAT = "fedxray-privacy-ledger"
@@ -232,28 +230,17 @@ def privacy_rows(path: str | os.PathLike, federation_id: str) -> list[RoundRow]:
     return Ledger.load(path, federation_id).rounds()
 
 
-@contextlib.contextmanager
 def ledger_lock(path: str | os.PathLike):
     """Hold an exclusive lock on the ledger's folder: one training run per site at a time.
 
     The folder (not a lock file) is locked so that a refused run leaves no file behind.
     """
     folder = Path(path).parent if str(Path(path).parent) else Path(".")
-    try:
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError as e:
-        raise FedxrayError(f"cannot open the ledger's folder {folder}: {e.strerror}") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise FedxrayError(
-                f"another training run is using the privacy ledger in {folder}",
-                hint="wait for it to finish; runs at one site must not overlap",
-            ) from None
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
+    return exclusive_lock(
+        folder,
+        f"another training run is using the privacy ledger in {folder}",
+        "wait for it to finish; runs at one site must not overlap",
+    )
 
 
 def _now() -> str:
