@@ -15,7 +15,7 @@ for s in $SITES; do "$HERE/01-site-keygen.sh" "$s"; done
 # recover the other's update from the next model, and only DP protects it. Real federations
 # that expect dropouts should have more sites instead.
 "$HERE/02-coordinator-init.sh" hospital-a.pub hospital-b.pub hospital-c.pub -- \
-    --rounds 2 --local-epochs 1 --image-size ${IMAGE_SIZE:-32} --min-sites 2
+    --model tinycnn --rounds 2 --local-epochs 1 --image-size ${IMAGE_SIZE:-32} --min-sites 2
 for s in $SITES; do "$HERE/03-site-prep.sh" "$s" "$DATA/$s"; done
 
 # Round 1, no dropout: one trip.

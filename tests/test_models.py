@@ -18,7 +18,7 @@ from fedxray.models import (
 )
 
 # Small inputs keep the suite fast; default sizes are exercised by the benchmark.
-SMALL = {"smallcnn": 16, "resnet18": 32}
+SMALL = {"smallcnn": 16, "tinycnn": 16, "resnet18": 32}
 
 
 def test_registry_lists_both_models():

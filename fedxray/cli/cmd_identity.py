@@ -80,7 +80,9 @@ def init(
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Coordinator folder (created if missing).")
     ],
-    model: Annotated[str, typer.Option("--model", help="Model architecture.")] = "smallcnn",
+    model: Annotated[
+        str, typer.Option("--model", help="Model: smallcnn, tinycnn or resnet18.")
+    ] = "smallcnn",
     image_size: Annotated[int, typer.Option("--image-size", help="Input size in pixels.")] = 64,
     classes: Annotated[
         str, typer.Option("--classes", help="Comma-separated class names.")

@@ -55,7 +55,7 @@ def simulate(
         int | None, typer.Option("--sites", help="Number of sites (for --data).")
     ] = None,
     rounds: Annotated[int, typer.Option("--rounds", help="Federated rounds.")] = 5,
-    local_epochs: Annotated[int, typer.Option("--local-epochs", help="Epochs per round.")] = 2,
+    local_epochs: Annotated[int, typer.Option("--local-epochs", help="Epochs per round.")] = 5,
     dp: Annotated[bool, typer.Option("--dp/--no-dp", help="Differential privacy.")] = True,
     strict: Annotated[bool, typer.Option("--strict", help="Double masking.")] = False,
     drop: Annotated[
@@ -66,8 +66,14 @@ def simulate(
         float | None,
         typer.Option("--skew", metavar="ALPHA", help="Dirichlet class skew across sites."),
     ] = None,
-    model: Annotated[str, typer.Option("--model", help="Model architecture.")] = "smallcnn",
-    image_size: Annotated[int, typer.Option("--image-size", help="Input size.")] = 64,
+    model: Annotated[
+        str, typer.Option("--model", help="Model: smallcnn, tinycnn or resnet18.")
+    ] = "tinycnn",
+    image_size: Annotated[int, typer.Option("--image-size", help="Input size.")] = 32,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="Expected batch size (DP: Poisson).")
+    ] = 64,
+    lr: Annotated[float, typer.Option("--lr", help="Local learning rate.")] = 0.15,
     epsilon: Annotated[float, typer.Option("--epsilon", help="Privacy budget per site.")] = 8.0,
     min_sites: Annotated[int, typer.Option("--min-sites", help="Fewest sites per round.")] = 3,
     server_opt: Annotated[
@@ -108,6 +114,8 @@ def simulate(
         seed=seed,
         arch=model,
         image_size=image_size,
+        batch_size=batch_size,
+        lr=lr,
         epsilon=epsilon,
         min_sites=min_sites,
         server_opt=server_opt,

@@ -18,7 +18,13 @@ class SmallCNN(nn.Module):
     Works at any input size >= 16 px; the parameter layout does not depend on it.
     """
 
-    def __init__(self, num_classes: int, in_channels: int = 1, widths=(16, 32, 64, 128)):
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 1,
+        widths=(16, 32, 64, 128),
+        head_grid: int = 1,
+    ):
         super().__init__()
         stem = widths[0]
         layers: list[nn.Module] = [
@@ -33,8 +39,9 @@ class SmallCNN(nn.Module):
             layers += [nn.Conv2d(cin, w, 3, padding=1, bias=False), _norm(w), nn.ReLU()]
             cin = w
         self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(cin, num_classes)
+        # head_grid > 1 keeps coarse position (left/right, upper/lower lung) for the head.
+        self.pool = nn.AdaptiveAvgPool2d(head_grid)
+        self.fc = nn.Linear(cin * head_grid * head_grid, num_classes)
 
     def forward(self, x):
         x = self.pool(self.features(x))

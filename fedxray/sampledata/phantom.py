@@ -254,7 +254,8 @@ def _consolidation(rng, xx, yy, cx, ytop, lung_h, tw, mw, lung, h, w) -> np.ndar
         ang = math.radians(base + rng.normal(0, 10))
         _branch(tubes, rng, start, side, ang, 0.15 * w, 0.01 * w, 1.0, depth=3)
     bronchi = blur(tubes.array(), 0.7) * patch
-    return rng.uniform(0.26, 0.38) * patch - 0.06 * bronchi
+    # Dense enough to survive downscaling to the 32-64 px a DP-trained model sees.
+    return rng.uniform(0.31, 0.46) * patch - 0.07 * bronchi
 
 
 def _interstitial(rng, hila, lung, h, w) -> np.ndarray:
@@ -281,4 +282,5 @@ def _interstitial(rng, hila, lung, h, w) -> np.ndarray:
     reticular = blur(rng.normal(0, 1, (h, w)).astype(np.float32), 1.2)
     reticular = np.clip(reticular / (reticular.std() + 1e-6), 0, None)
     pattern = 0.55 * blur(streaks.array(), 0.8) + 0.25 * reticular * (0.4 + near) + 0.35 * near
-    return rng.uniform(0.09, 0.14) * pattern * np.clip(lung * 1.4, 0, 1)
+    # Strong enough that the haze still shows at 32-64 px (the sample federation's sizes).
+    return rng.uniform(0.135, 0.21) * pattern * np.clip(lung * 1.4, 0, 1)

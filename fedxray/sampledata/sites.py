@@ -38,36 +38,39 @@ class SiteSpec:
     repeat_patients: float = 0.2  # share of patients with a second image
 
 
+# Many small images rather than few large ones: DP-SGD needs hundreds of patients per site
+# to learn anything at epsilon 8, the federation trains at 32-64 px, and the whole folder
+# must stay a few MB. The costlier lossless styles get the smaller weights.
 SITES: dict[str, SiteSpec] = {
     "hospital-a": SiteSpec(
-        {"normal": 34, "bacterial": 32, "viral": 30},
+        {"normal": 170, "bacterial": 160, "viral": 150},
         {"cr-mono1-12bit-j2k": 0.75, "cr-mono2-8bit-jpeg": 0.25},
-        (300, 360),
+        (100, 132),
         "NB",
         "NORTHBROOK CHILDREN'S HOSPITAL (SYNTHETIC)",
     ),
     "hospital-b": SiteSpec(
-        {"normal": 30, "bacterial": 18, "viral": 12},
+        {"normal": 135, "bacterial": 81, "viral": 54},
         {
-            "dx-mono2-16bit-j2k": 0.6,
-            "dx-mono2-12bit-voilut": 0.2,
+            "dx-mono2-16bit-j2k": 0.74,
+            "dx-mono2-12bit-voilut": 0.08,
             "dx-mono1-16bit-rle": 0.06,
             "cr-mono2-8bit-rle": 0.06,
             "cr-mono1-10bit-nometa": 0.04,
         },
-        (280, 330),
+        (120, 150),
         "WV",
         "WILLOWVALE GENERAL INFIRMARY (SYNTHETIC)",
     ),
     "hospital-c": SiteSpec(
-        {"normal": 10, "bacterial": 18, "viral": 14},
-        {"png-8bit": 0.45, "png-16bit": 0.2, "jpeg": 0.35},
-        (256, 300),
+        {"normal": 40, "bacterial": 72, "viral": 56},
+        {"png-8bit": 0.4, "png-16bit": 0.08, "jpeg": 0.52},
+        (112, 136),
         "ST",
         "STONEHAVEN PAEDIATRIC CLINIC (SYNTHETIC)",
     ),
     "test": SiteSpec(
-        {"normal": 16, "bacterial": 16, "viral": 16},
+        {"normal": 40, "bacterial": 40, "viral": 40},
         {
             "cr-mono1-12bit-j2k": 0.3,
             "cr-mono2-8bit-jpeg": 0.15,
@@ -76,7 +79,7 @@ SITES: dict[str, SiteSpec] = {
             "png-8bit": 0.15,
             "jpeg": 0.1,
         },
-        (280, 340),
+        (112, 140),
         "TS",
         "HELD-OUT EVALUATION CENTRE (SYNTHETIC)",
     ),

@@ -38,19 +38,21 @@ class SimulationConfig:
     out: Path
     data: Path | None = None
     sites: int | None = None
+    # Defaults tuned on the bundled sample data (a few hundred images): a ~6k-parameter CNN at
+    # 32 px learns well above chance under DP at epsilon 8 in about a minute of training.
     rounds: int = 5
-    local_epochs: int = 2
+    local_epochs: int = 5
     dp: bool = True
     strict: bool = False
     drops: dict[int, set[str]] = field(default_factory=dict)  # round -> dropped site names
     skew: float | None = None
     seed: int = 0
-    arch: str = "smallcnn"
-    image_size: int = 64
+    arch: str = "tinycnn"
+    image_size: int = 32
     epsilon: float = 8.0
     delta: float = 1e-5
-    batch_size: int = 32
-    lr: float = 0.05
+    batch_size: int = 64
+    lr: float = 0.15
     clip_norm: float = 1.0
     min_sites: int = 3
     server_opt: str = "fedavg"
