@@ -138,4 +138,4 @@ def test_sample_data_is_learnable():
     y = np.concatenate([s.labels for s in train])
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=2000)).fit(x, y)
     accuracy = (clf.predict(test.images.reshape(len(test), -1) / 255.0) == test.labels).mean()
-    assert accuracy > 0.6  # chance is 1/3; a linear model on 32x32 pixels reached 0.81
+    assert accuracy > 0.6  # chance is 1/3; a linear model on 32x32 pixels reached 0.93
