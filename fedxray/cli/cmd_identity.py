@@ -89,8 +89,8 @@ def init(
     ] = "normal,bacterial,viral",
     rounds: Annotated[int, typer.Option("--rounds", help="Number of federated rounds.")] = 5,
     local_epochs: Annotated[int, typer.Option("--local-epochs", help="Epochs per round.")] = 2,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Expected batch size.")] = 32,
-    lr: Annotated[float, typer.Option("--lr", help="Local learning rate.")] = 0.05,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Expected batch size.")] = 64,
+    lr: Annotated[float, typer.Option("--lr", help="Local learning rate.")] = 0.15,
     epsilon: Annotated[float, typer.Option("--epsilon", help="Privacy budget per site.")] = 8.0,
     delta: Annotated[float, typer.Option("--delta", help="Privacy delta.")] = 1e-5,
     clip_norm: Annotated[
