@@ -1,23 +1,29 @@
 """Centralised vs federated vs federated + DP on kermany224/train: a markdown table.
 
-    .venv/bin/python benchmarks/bench_federation.py                     # CPU defaults (< 1 h)
-    .venv/bin/python benchmarks/bench_federation.py --gpu               # resnet18, 224 px, CUDA
-    .venv/bin/python benchmarks/bench_federation.py --rounds 2 --image-size 32 --runs c
+    .venv/bin/python benchmarks/bench_federation.py                 # CPU defaults (~5 min)
+    .venv/bin/python benchmarks/bench_federation.py --gpu           # resnet18, 224 px, CUDA
+    .venv/bin/python benchmarks/bench_federation.py --rounds 3 --runs ac --bootstrap 0 \
+        --cache /tmp/k32.shard                                      # a quick look (~1 min)
 
-The images are prepared once (fixed pseudonym secret, so repeated runs hold out the same
-patients), 15% of the patients are held out (stratified, fedxray.simulation.split.holdout_split)
-and the rest are split by patient over the sites. Every run starts from the same initial
-weights (the federation's round-1 model) and makes the same number of passes over the
-training patients' images:
+The images are prepared once (with a fixed pseudonym secret, so that every invocation holds
+out the same patients), 15% of the patients are held out (stratified,
+fedxray.simulation.split.holdout_split) and the rest are split by patient over the sites
+(split_sites). Every run starts from the same initial weights (those of the federation's
+round-1 model) and makes the same number of passes, rounds x local epochs, over the data:
 
-  a  centralised, non-private: one party trains rounds x local_epochs epochs on all of them;
+  a  centralised, non-private: one party trains on all training patients;
   b  federated over the sites, non-private (secure aggregation still on);
-  c  federated with secure aggregation and patient-level DP at --epsilon / --delta per site;
-  d  (optional) centralised with patient-level DP: splits the gap of c into DP and federation.
+  c  federated with secure aggregation and patient-level DP, --epsilon/--delta per site;
+  d  centralised with patient-level DP: splits the gap between c and a into the cost of DP
+     and the cost of federation.
 
-b and c run through fedxray.simulation (keys, plan, signed files, masking, unmasking), fed
-the very shards a is trained on; the held-out shard each simulation evaluates is checked to be
-the one a is evaluated on. All runs are evaluated on the held-out patients.
+b and c run through fedxray.simulation (keys, plan, signed files, masking, aggregation,
+unmasking, the per-round evaluation party), fed the very shards a and d train on; the held-out
+shard a simulation evaluates is checked to hold the images a and d are evaluated on. Under DP
+an epoch is one pass over the PATIENTS (one image each), as the privacy accounting requires.
+DP runs get their own learning rate (--dp-lr): clipped gradients are smaller. The CPU
+defaults (tinycnn, 6k parameters, at 32 px) gave the smallest gap in docs/benchmarks.md.
+The --gpu preset has not been run on a GPU yet.
 """
 
 from __future__ import annotations
@@ -62,7 +68,7 @@ RUNS = {
 METRICS = ("accuracy", "macro_roc_auc", "binary_roc_auc", "mcc")
 # Settings that differ between the CPU default and --gpu; everything else is shared.
 PRESETS = {
-    "cpu": {"arch": "smallcnn", "image_size": 64, "device": "cpu"},
+    "cpu": {"arch": "tinycnn", "image_size": 32, "device": "cpu"},
     "gpu": {"arch": "resnet18", "image_size": 224, "device": "cuda"},
 }
 
@@ -76,6 +82,12 @@ class Outcome:
     epsilon: float | None = None  # largest epsilon any party spent
     noise_multiplier: float | None = None
     curve: list[float] = field(default_factory=list)  # held-out accuracy after each round
+    variant: str | None = None  # e.g. "mean of the last 3 models"
+
+    @property
+    def label(self) -> str:
+        name = f"({self.run}) {RUNS[self.run]}"
+        return f"{name}, {self.variant}" if self.variant else name
 
 
 def _log(msg: str) -> None:
@@ -119,8 +131,10 @@ def split(shard: Shard, args) -> tuple[Shard, list[Shard], Shard]:
     # The sites together hold exactly the centralised party's images; nobody holds a
     # held-out patient.
     site_ids = np.sort(np.concatenate([p.image_ids for p in parts]))
-    assert np.array_equal(site_ids, np.sort(train.image_ids)), "sites != training set"
-    assert not set(patient_keys(train)) & set(patient_keys(held)), "patient in both splits"
+    if not np.array_equal(site_ids, np.sort(train.image_ids)):
+        raise RuntimeError("the sites' images are not the centralised party's images")
+    if set(patient_keys(train)) & set(patient_keys(held)):
+        raise RuntimeError("a patient is both in training and held out")
     return train, parts, held
 
 
@@ -131,7 +145,11 @@ def describe(name: str, s: Shard) -> str:
 
 
 # --- runs ----------------------------------------------------------------------------------
-def _settings(args, epochs: int) -> TrainSettings:
+def _lr(args, dp: bool) -> float:
+    return args.dp_lr if dp and args.dp_lr is not None else args.lr
+
+
+def _settings(args, epochs: int, dp: bool) -> TrainSettings:
     return TrainSettings(
         arch=args.arch,
         image_size=args.image_size,
@@ -139,23 +157,38 @@ def _settings(args, epochs: int) -> TrainSettings:
         local_epochs=epochs,
         rounds=1,
         batch_size=args.batch_size,
-        lr=args.lr,
+        lr=_lr(args, dp),
         target_epsilon=args.epsilon,
         delta=args.delta,
         max_grad_norm=args.clip,
     )
 
 
-def _metrics(report) -> dict[str, dict]:
+def _evaluate(state: dict[str, np.ndarray], held: Shard, args) -> dict[str, dict]:
+    """The reported metrics of the model with weights ``state`` on the held-out patients."""
+    model = build_model(args.arch, args.image_size, len(DEFAULT_CLASSES), 1)
+    load_numpy_state(model, state)
+    model.eval()
+    probs = predict_proba(model, held.images, device=args.device)
+    report = evaluate(
+        held.labels, probs, DEFAULT_CLASSES, groups=held.patients, n_boot=args.bootstrap,
+        seed=args.seed,
+    )  # fmt: skip
     d = report.to_dict()["metrics"]
     return {m: d[m] for m in METRICS}
+
+
+def _initial_state(args) -> dict[str, np.ndarray]:
+    """The weights every run starts from: those `fedxray init` gives the round-1 model."""
+    model = build_model(args.arch, args.image_size, len(DEFAULT_CLASSES), 1, seed=args.seed)
+    return state_to_numpy(model)
 
 
 def run_central(train: Shard, held: Shard, args, dp: bool) -> Outcome:
     """One party, all training patients, rounds x local_epochs epochs from the round-1 weights."""
     t0 = time.perf_counter()
-    init = state_to_numpy(build_model(args.arch, args.image_size, 3, 1, seed=args.seed))
-    settings = _settings(args, args.rounds * args.local_epochs)
+    init = _initial_state(args)
+    settings = _settings(args, args.rounds * args.local_epochs, dp)
     with tempfile.TemporaryDirectory() as tmp:
         res = train_round(
             init,
@@ -168,17 +201,9 @@ def run_central(train: Shard, held: Shard, args, dp: bool) -> Outcome:
             seed=args.seed,
             dp=dp,
         )
-    model = build_model(args.arch, args.image_size, 3, 1)
-    load_numpy_state(model, {k: init[k] + res.delta[k] for k in init})
-    model.eval()
-    probs = predict_proba(model, held.images, device=args.device)
-    report = evaluate(
-        held.labels, probs, DEFAULT_CLASSES, groups=held.patients, n_boot=args.bootstrap,
-        seed=args.seed,
-    )  # fmt: skip
     return Outcome(
         run="d" if dp else "a",
-        metrics=_metrics(report),
+        metrics=_evaluate({k: init[k] + res.delta[k] for k in init}, held, args),
         seconds=time.perf_counter() - t0,
         epsilon=None if math.isinf(res.epsilon) else res.epsilon,
         noise_multiplier=res.noise_multiplier,
@@ -200,7 +225,8 @@ class _PresplitSimulation(Simulation):
         return [(f"site-{i + 1}", p) for i, p in enumerate(self._parts)], self._held
 
 
-def run_federated(parts: list[Shard], held: Shard, args, dp: bool, out: Path) -> Outcome:
+def run_federated(parts: list[Shard], held: Shard, args, dp: bool, out: Path) -> list[Outcome]:
+    """The simulation's final model, then the mean of its last k models for each --average k."""
     cfg = SimulationConfig(
         out=out,
         data=Path(args.data),
@@ -214,7 +240,7 @@ def run_federated(parts: list[Shard], held: Shard, args, dp: bool, out: Path) ->
         epsilon=args.epsilon,
         delta=args.delta,
         batch_size=args.batch_size,
-        lr=args.lr,
+        lr=_lr(args, dp),
         clip_norm=args.clip,
         server_opt=args.server_opt,
         server_lr=args.server_lr,
@@ -235,16 +261,23 @@ def run_federated(parts: list[Shard], held: Shard, args, dp: bool, out: Path) ->
             )
 
     t0 = time.perf_counter()
-    summary = _PresplitSimulation(cfg, parts, held, event).run()
+    sim = _PresplitSimulation(cfg, parts, held, event)
+    summary = sim.run()
     seconds = time.perf_counter() - t0
     # The simulation evaluated on the held-out shard it wrote: check it is the same patients.
     evaluated = read_shard(out / "evaluation" / "test.shard")
-    assert np.array_equal(np.sort(evaluated.image_ids), np.sort(held.image_ids))
+    if not np.array_equal(np.sort(evaluated.image_ids), np.sort(held.image_ids)):
+        raise RuntimeError("the simulation evaluated other images than the held-out ones")
+    # ... and started from the weights the centralised runs start from.
+    first = _model_state(sim, 1)
+    init = _initial_state(args)
+    if any(not np.array_equal(first[k], init[k]) for k in init):
+        raise RuntimeError("the federation's round-1 model differs from the centralised start")
     final = summary["final_evaluation"]["metrics"]
     last = summary["rounds"][-1]["sites"].values()
     eps = [s["epsilon"] for s in last if s.get("epsilon") is not None]
     sigmas = [s["noise_multiplier"] for s in last if s.get("noise_multiplier") is not None]
-    return Outcome(
+    main = Outcome(
         run="c" if dp else "b",
         metrics={m: final[m] for m in METRICS},
         seconds=seconds,
@@ -253,6 +286,43 @@ def run_federated(parts: list[Shard], held: Shard, args, dp: bool, out: Path) ->
         noise_multiplier=max(sigmas) if sigmas else None,
         curve=[r["metrics"]["metrics"]["accuracy"]["value"] for r in summary["rounds"]],
     )
+    outcomes = [main]
+    for k in args.average:
+        if not 1 < k <= args.rounds:
+            continue
+        t0 = time.perf_counter()
+        metrics = _evaluate(_mean_of_last(sim, args.rounds + 1, k), held, args)
+        outcomes.append(
+            Outcome(
+                run=main.run,
+                metrics=metrics,
+                seconds=seconds + time.perf_counter() - t0,
+                rounds=main.rounds,
+                epsilon=main.epsilon,
+                noise_multiplier=main.noise_multiplier,
+                variant=f"mean of the last {k} models",
+            )
+        )
+    return outcomes
+
+
+def _mean_of_last(sim: Simulation, last: int, k: int) -> dict[str, np.ndarray]:
+    """Mean weights of the global models of rounds last-k+1 .. last, as the coordinator has them.
+
+    Only the released models are used, so under DP this is post-processing: it costs no
+    privacy. (Tail averaging of the iterates damps the noise the last rounds added.)
+    """
+    states = [_model_state(sim, r) for r in range(last - k + 1, last + 1)]
+    return {name: np.mean([s[name] for s in states], axis=0) for name in states[0]}
+
+
+def _model_state(sim: Simulation, round_number: int) -> dict[str, np.ndarray]:
+    """The weights of the coordinator's model for ``round_number``, verified against the plan."""
+    from fedxray.evaluation.run import load_model
+    from fedxray.modelfile import model_filename
+
+    path = sim.coord_dir / model_filename(round_number)
+    return state_to_numpy(load_model(path, sim.plan_path).module)
 
 
 # --- report --------------------------------------------------------------------------------
@@ -263,6 +333,10 @@ def _fmt(est: dict) -> str:
     if est.get("low") is not None and est.get("high") is not None:
         return f"{v:.3f} ({est['low']:.3f}-{est['high']:.3f})"
     return f"{v:.3f}"
+
+
+def _value(o: Outcome, metric: str) -> float | None:
+    return o.metrics[metric].get("value")
 
 
 def _round_times(o: Outcome, args) -> tuple[str, str, str, str, str]:
@@ -292,7 +366,7 @@ def table(outcomes: list[Outcome], args) -> str:
         dp = "no"
         if o.epsilon is not None:
             dp = f"ε={o.epsilon:.2f}, δ={args.delta:g}, σ={o.noise_multiplier:.2f}"
-        cells = [f"({o.run}) {RUNS[o.run]}", dp, *(_fmt(o.metrics[m]) for m in METRICS)]
+        cells = [o.label, dp, *(_fmt(o.metrics[m]) for m in METRICS)]
         cells += [f"{o.seconds:.0f}", *_round_times(o, args)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -302,21 +376,30 @@ def table(outcomes: list[Outcome], args) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(SHARED / "kermany224" / "train"))
-    ap.add_argument("--runs", default="abc", help="which of a, b, c, d to run (default abc)")
+    ap.add_argument("--runs", default="abcd", help="which of a, b, c, d to run, in order")
     ap.add_argument("--gpu", action="store_true", help="resnet18 at 224 px on CUDA (preset)")
     ap.add_argument("--device", help="cpu or cuda (default: cpu; cuda with --gpu)")
-    ap.add_argument("--arch", help="smallcnn or resnet18 (default: smallcnn; resnet18 with --gpu)")
-    ap.add_argument("--image-size", type=int, help="pixels (default: 64; 224 with --gpu)")
+    ap.add_argument("--arch", help="a registered model (default: tinycnn; resnet18 with --gpu)")
+    ap.add_argument("--image-size", type=int, help="pixels (default: 32; 224 with --gpu)")
     ap.add_argument("--sites", type=int, default=3)
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--local-epochs", type=int, default=2)
-    ap.add_argument("--batch-size", type=int, default=32, help="expected batch under DP")
-    ap.add_argument("--lr", type=float, default=0.05)
+    ap.add_argument("--batch-size", type=int, default=64, help="expected batch under DP")
+    ap.add_argument("--lr", type=float, default=0.05, help="local SGD learning rate")
+    ap.add_argument("--dp-lr", type=float, default=0.2, help="learning rate of the DP runs")
     ap.add_argument("--clip", type=float, default=1.0, help="per-patient clipping norm (DP)")
     ap.add_argument("--epsilon", type=float, default=8.0)
     ap.add_argument("--delta", type=float, default=1e-5)
     ap.add_argument("--server-opt", default="fedavg", choices=("fedavg", "momentum", "fedadam"))
     ap.add_argument("--server-lr", type=float, default=1.0)
+    ap.add_argument(
+        "--average",
+        type=int,
+        nargs="*",
+        default=[3],
+        metavar="K",
+        help="also evaluate the mean of the last K global models of b and c (default 3)",
+    )
     ap.add_argument("--holdout", type=float, default=0.15)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--bootstrap", type=int, default=200, help="patient resamples (0: no CIs)")
@@ -354,11 +437,15 @@ def main(argv=None) -> int:
         for run in args.runs:
             _log(f"run ({run}) {RUNS[run]} ...")
             if run in "ad":
-                o = run_central(train, held, args, dp=run == "d")
+                new = [run_central(train, held, args, dp=run == "d")]
             else:
-                o = run_federated(parts, held, args, dp=run == "c", out=root / f"run-{run}")
-            _log(f"  {o.seconds:.0f} s: " + ", ".join(_fmt(o.metrics[m]) for m in METRICS))
-            outcomes.append(o)
+                new = run_federated(parts, held, args, dp=run == "c", out=root / f"run-{run}")
+            for o in new:
+                _log(
+                    f"  {o.label}, {o.seconds:.0f} s: "
+                    + ", ".join(_fmt(o.metrics[m]) for m in METRICS)
+                )
+            outcomes += new
 
     passes = args.rounds * args.local_epochs
     print(
@@ -367,7 +454,8 @@ def main(argv=None) -> int:
         f"{args.image_size} px on {args.device} ({args.threads} torch thread(s), "
         f"{platform.machine()}, {os.cpu_count()} CPUs); {args.rounds} rounds x "
         f"{args.local_epochs} local epochs = {passes} passes for every run; batch "
-        f"{args.batch_size}, lr {args.lr:g}, clip {args.clip:g}, server {args.server_opt} "
+        f"{args.batch_size}, lr {args.lr:g} (DP runs {_lr(args, True):g}), clip "
+        f"{args.clip:g}, server {args.server_opt} "
         f"(lr {args.server_lr:g}); bootstrap {args.bootstrap} patient resamples; "
         f"total {time.perf_counter() - started:.0f} s\n"
     )
@@ -376,6 +464,16 @@ def main(argv=None) -> int:
         "\n*centralised: whole run / rounds. Federated s/round: training of all sites one "
         "after another + secure aggregation; mask/aggregate/unmask % are shares of it."
     )
+    central = next((o for o in outcomes if o.run == "a"), None)
+    for o in outcomes:
+        if central is None or o.run != "c":
+            continue
+        gap = ", ".join(
+            f"{m} {_value(o, m) - _value(central, m):+.3f}"
+            for m in METRICS
+            if _value(o, m) is not None and _value(central, m) is not None
+        )
+        print(f"\ngap {o.label} - (a): {gap}")
     curves = [o for o in outcomes if o.curve]
     if curves:
         print("\nheld-out accuracy after each round: ")
