@@ -6,6 +6,7 @@ federation would, so any file in the run folder can be inspected afterwards.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -130,9 +131,15 @@ class Simulation:
                     hint="or point --data at a plain folder of images to split",
                 )
             return [(h.name, [h]) for h in hospitals], [data / "test"]
-        # A plain folder: prep once, hold out patients, split the rest by patient.
+        # A plain folder: prep once, hold out patients, split the rest by patient. Pseudonyms
+        # keyed by the seed keep the split (which sorts patients) the same from run to run.
+        secret = hashlib.sha256(f"fedxray-simulation/{cfg.seed}".encode()).digest()
         shard, _ = prepare(
-            [data], image_size=cfg.image_size, classes=DEFAULT_CLASSES, workers=cfg.workers
+            [data],
+            image_size=cfg.image_size,
+            classes=DEFAULT_CLASSES,
+            secret=secret,
+            workers=cfg.workers,
         )
         train, held = holdout_split(shard, cfg.holdout, cfg.seed)
         parts = split_sites(train, cfg.sites or 3, cfg.seed, cfg.skew)
