@@ -125,27 +125,19 @@ def bench_mask(arch: str, n_sites: int, reps: int) -> list[tuple[str, str]]:
     # Reference: Flower SecAgg+'s pseudo_rand_gen (RandomState seeded with 32 bits per pair).
     acc = np.zeros(n, dtype=np.uint64)  # both expansions add into this (already paged-in) buffer
 
-    def reference():
+    def reference(full_words: bool = False):
+        # full_words: draw masks over the whole 2^64 modulus ours uses; Flower's draw has only
+        # 32 random bits per word.
         acc[:] = 0
         for peer, seed in sorted(seeds.items()):
             seed32 = 0
             for i in range(0, len(seed), 4):
                 seed32 ^= int.from_bytes(seed[i : i + 4], "little")
-            words = np.random.RandomState(seed32).randint(0, 2**32 - 1, n).view(np.uint64)
-            if pairwise.pair_sign(me.name, peer) > 0:
-                np.add(acc, words, out=acc)
+            rs = np.random.RandomState(seed32)
+            if full_words:
+                words = rs.randint(0, 2**64, n, dtype=np.uint64)
             else:
-                np.subtract(acc, words, out=acc)
-
-    def reference_full_words():
-        # The same RandomState approach, drawing masks over the full 2^64 modulus ours uses
-        # (Flower's draw above has only 32 random bits per word).
-        acc[:] = 0
-        for peer, seed in sorted(seeds.items()):
-            seed32 = 0
-            for i in range(0, len(seed), 4):
-                seed32 ^= int.from_bytes(seed[i : i + 4], "little")
-            words = np.random.RandomState(seed32).randint(0, 2**64, n, dtype=np.uint64)
+                words = rs.randint(0, 2**32 - 1, n).view(np.uint64)
             if pairwise.pair_sign(me.name, peer) > 0:
                 np.add(acc, words, out=acc)
             else:
@@ -158,7 +150,7 @@ def bench_mask(arch: str, n_sites: int, reps: int) -> list[tuple[str, str]]:
     t_ref, t_ref64, t_ours = [], [], []
     for _ in range(reps + 2):  # interleaved: a burst of load elsewhere hits both alike
         t_ref += _timeit(reference, 1)
-        t_ref64 += _timeit(reference_full_words, 1)
+        t_ref64 += _timeit(lambda: reference(full_words=True), 1)
         t_ours += _timeit(ours, 1)
     pairs = len(seeds)
     gb = n * 8 * pairs / 1e9

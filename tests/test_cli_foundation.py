@@ -201,3 +201,27 @@ def test_unexpected_exception_is_one_line(fed, monkeypatch):
     d, _ = fed
     r = run_cli("inspect", d / "coord" / "demo.plan")
     assert r.code == 1 and "internal error" in r.err and "Traceback" not in r.err
+
+
+def test_init_from_pretrained_safetensors(fed, tmp_path):
+    from safetensors.numpy import save_file
+
+    from fedxray.artifact import parse_unverified
+    from fedxray.models.registry import build_model, state_to_numpy
+
+    d, _ = fed
+    weights = state_to_numpy(build_model("smallcnn", 64, 3, seed=5))
+    save_file(weights, str(tmp_path / "w.safetensors"))
+    cards = [d / f"hosp-{s}.pub" for s in "abc"]
+    r = run_cli("init", "--name", "pt", "-o", tmp_path / "c", "--init", tmp_path / "w.safetensors",
+                "--json", *cards)  # fmt: skip
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["pretrained"]["loaded"] == len(weights)
+    model = parse_unverified((tmp_path / "c" / "round-0001.model").read_bytes())[0]
+    for name, w in weights.items():
+        assert (model.tensors[name] == w).all()
+    (tmp_path / "junk.safetensors").write_bytes(b"junk")
+    r = run_cli("init", "--name", "pt2", "-o", tmp_path / "c2", "--init",
+                tmp_path / "junk.safetensors", *cards)  # fmt: skip
+    assert r.code == EXIT_ERROR and "safetensors" in r.err
+    assert not (tmp_path / "c2" / "pt2.plan").exists()

@@ -187,7 +187,7 @@ class _StageBar:
 
 
 def _bar(ui: Ui, enough_work: bool = True):
-    bar = ui.progress("")
+    bar = ui.progress()
     # Off the terminal (pipes, logs, CI) a bar is noise: only a blank line would remain.
     bar.disable = bar.disable or not enough_work or not ui.console.is_terminal
     return bar

@@ -159,7 +159,7 @@ def prep(
     check_writable(output, force=force)  # before the work, not after it
     secret = site_secret(identity) if identity is not None else None
 
-    bar = ui.progress("")
+    bar = ui.progress()
     # Off the terminal (pipes, logs, CI) a bar is noise.
     bar.disable = bar.disable or not ui.console.is_terminal
     with bar:

@@ -260,7 +260,7 @@ def aggregate(
     # succeeds this prediction is exact, so the closure's path is checked before the work too.
     if params.strict or len(inputs) < len(the_plan.sites):
         check_writable(closure_out, force=force)
-    with ui.progress("aggregating") as bar:
+    with ui.progress() as bar:
         task = bar.add_task(f"round {r}", total=len(inputs))
         total, closure_bytes = aggregate_round(
             inputs,

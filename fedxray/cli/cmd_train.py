@@ -81,7 +81,7 @@ def train_local(
     check_writable(out, force=force)
     ledger_path = ledger or default_ledger_path(key_path, the_plan)
     ckpt = Path(ledger_path).with_name(f".{ident.name}-checkpoints")
-    with ui.progress("training") as bar:
+    with ui.progress() as bar:
         task = bar.add_task(f"round {r}", total=None)
         local = train_local(
             model_bytes,

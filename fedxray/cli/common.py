@@ -72,8 +72,8 @@ class Ui:
         sys.stdout.write(json.dumps(doc, indent=2, sort_keys=False, default=str) + "\n")
         sys.stdout.flush()
 
-    def progress(self, description: str, total: int | None = None):
-        """A rich progress bar on stderr (a no-op when quiet)."""
+    def progress(self):
+        """A rich progress bar on stderr (a no-op when quiet or not on a terminal)."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
         return Progress(
@@ -98,7 +98,3 @@ def check_stdout_use(output: Path | str | None, json_out: bool) -> None:
         raise FedxrayError(
             "--json and -o - both want standard output", hint="write the file with -o FILE"
         )
-
-
-def default_output(output: Path | None, default: str) -> Path:
-    return output if output is not None else Path(default)
