@@ -36,3 +36,16 @@ def run_cli(*args, stdin: bytes = b"") -> Result:
         sys.stdout, sys.stderr, sys.stdin = old
     data = out.getvalue()
     return Result(code, data.decode("utf-8", "replace"), err.getvalue(), data)
+
+
+def assert_clean_error(r: Result, code: int, *words: str) -> None:
+    """A failure as users must see it: the exit code, one error line (and at most one hint
+    line) naming ``words``, no traceback, nothing on stdout."""
+    lines = r.err.strip().splitlines()
+    assert r.code == code, r.err
+    assert lines and lines[0].startswith("fedxray: error: "), r.err
+    assert len(lines) == 1 or (len(lines) == 2 and lines[1].startswith("hint: ")), r.err
+    assert "Traceback" not in r.err and "internal error" not in r.err, r.err
+    assert r.out == "", r.out
+    for w in words:
+        assert w in r.err, (w, r.err)

@@ -23,17 +23,15 @@ from fedxray.evaluation.inference import predict_proba
 from fedxray.modelfile import build_model_artifact
 from fedxray.models.registry import build_model, load_numpy_state, state_to_numpy
 from fedxray.plan import create_plan, make_settings, plan_from_bytes
-from tests.cli_helpers import run_cli
+from tests.cli_helpers import assert_clean_error, run_cli
+from tests.images import phantom_png
 
 CLASSES = ["normal", "bacterial", "viral"]
 SIZE = 32
 
 
 def _png(path, rng, shape):
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rng.integers(0, 256, size=shape, dtype=np.uint8)).save(path)
+    phantom_png(path, int(rng.integers(1 << 30)), shape)
 
 
 def _federation(folder, seed=0):
@@ -62,11 +60,11 @@ def fed(tmp_path_factory):
     # Kermany-style names: patients come from the file names, several images per patient.
     for p in range(4):
         for j in range(2):
-            _png(images / "NORMAL" / f"IM-{p:04d}-{j:04d}.png", rng, (40 + 3 * p, 48))
+            _png(images / "NORMAL" / f"IM-{p:04d}-{j:04d}.png", rng, (70 + 3 * p, 66))
     for p in range(6):
         kind = "bacteria" if p % 2 else "virus"
         for j in range(2):
-            _png(images / "PNEUMONIA" / f"person{p}_{kind}_{j}.png", rng, (50, 36 + 2 * j))
+            _png(images / "PNEUMONIA" / f"person{p}_{kind}_{j}.png", rng, (72, 64 + 2 * j))
     secret = site_secret(site)
     shard, _ = prepare([images], image_size=SIZE, classes=CLASSES, secret=secret, workers=1)
     write_shard(d / "test.shard", shard)
@@ -208,6 +206,32 @@ def test_reference_by_image_id_needs_no_key_and_by_file_does(fed, tmp_path, monk
     assert r.code == EXIT_ERROR and "match no image" in r.err
 
 
+def test_reads_of_images_prep_dropped_as_duplicates_are_a_note_not_a_refusal(fed, tmp_path):
+    """A published test set read in full: prep kept one copy of a duplicate pair."""
+    folder = tmp_path / "test-set"
+    for i, name in enumerate(("NORMAL/a.png", "NORMAL/b.png", "PNEUMONIA/person1_virus_1.png")):
+        phantom_png(folder / name, 100 + i)
+    shutil.copy(folder / "NORMAL" / "a.png", folder / "NORMAL" / "z-copy.png")
+    shard, _ = prepare([folder], image_size=SIZE, classes=CLASSES, secret=fed["secret"], workers=1)
+    assert len(shard) == 3 and len(shard.duplicate_ids) == 1
+    write_shard(tmp_path / "t.shard", shard)
+    reads = tmp_path / "reads.csv"
+    rows = ["NORMAL/a.png,normal", "NORMAL/z-copy.png,normal", "NORMAL/b.png,viral"]
+    reads.write_text("file,label\n" + "\n".join(rows) + "\n")
+    base = ("evaluate", fed["model"], tmp_path / "t.shard", "--bootstrap", "0", "--key", fed["key"])
+    doc = _json(run_cli(*base, "--reference", reads, "--json"))
+    assert doc["reader"]["n_images"] == 2 and doc["reader"]["n_unread"] == 1
+    note = doc["reader"]["notes"][0]
+    assert "1 row(s) name images prep left out as exact duplicates" in note
+    assert "line 3 'NORMAL/z-copy.png'" in note
+    table = run_cli(*base, "--reference", reads)
+    assert table.code == 0 and "left out as exact duplicates" in table.err
+    # A row naming no image at all is still an error (a typo must not pass as a duplicate).
+    reads.write_text("file,label\nNORMAL/a.png,normal\nNORMAL/typo.png,viral\n")
+    r = run_cli(*base, "--reference", reads)
+    assert_clean_error(r, EXIT_ERROR, "1 row(s) match no image", "typo.png")
+
+
 def test_plan_discovery_and_verification(fed, tmp_path):
     alone = tmp_path / "round-0001.model"
     shutil.copy(fed["model"], alone)
@@ -241,7 +265,7 @@ def test_shard_must_fit_the_model(fed, tmp_path):
     big = Shard(rng.integers(0, 255, (n, 48, 48), dtype=np.uint8), labels, CLASSES, 48)
     write_shard(tmp_path / "big.shard", big)
     r = run_cli("evaluate", fed["model"], tmp_path / "big.shard")
-    assert r.code == EXIT_ERROR and "48 px" in r.err and "--image-size 32" in r.err
+    assert r.code == EXIT_ERROR and "48 px" in r.err and "--size 32" in r.err
 
     two = Shard(
         rng.integers(0, 255, (n, SIZE, SIZE), dtype=np.uint8),
@@ -362,6 +386,7 @@ def test_predict_reports_and_skips_unusable_files(fed, tmp_path):
     _dicom(d / "b.dcm", "Doe^Jane", "PID-4711")
     (d / "c.txt").write_text("not an image")
     (d / "d.png").write_bytes(b"")
+    (d / "e.png").symlink_to("e.png")  # a link to itself: reported, not a crash
     shutil.copy(d / "a.png", d / ".hidden.png")
     out = tmp_path / "pred.csv"
     r = run_cli("predict", fed["model"], d, "-o", out)
@@ -370,14 +395,14 @@ def test_predict_reports_and_skips_unusable_files(fed, tmp_path):
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
     assert [row["path"] for row in rows] == [
-        str(d / n) for n in ("a.png", "b.dcm", "c.txt", "d.png")
+        str(d / n) for n in ("a.png", "b.dcm", "c.txt", "d.png", "e.png")
     ]
-    assert [row["error"] for row in rows] == ["", "", "not-an-image", "unreadable"]
+    assert [row["error"] for row in rows] == ["", "", "not-an-image", "unreadable", "unreadable"]
     assert (
         rows[1]["predicted"] in CLASSES and rows[2]["predicted"] == "" and rows[2]["p_viral"] == ""
     )
     assert "skipped" in r.err and "c.txt" in r.err and "empty file" in r.err
-    assert "classified 2 image(s), skipped 2 file(s)" in r.err
+    assert "classified 2 image(s), skipped 3 file(s)" in r.err
     text = out.read_text()
     assert "Doe" not in text and "PID-4711" not in text
 

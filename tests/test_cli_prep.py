@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from PIL import Image
 
 from fedxray.data.pseudonym import image_id, patient_pseudonym, site_secret
 from fedxray.data.shard_io import read_shard
@@ -23,6 +22,7 @@ from fedxray.errors import EXIT_ERROR
 from fedxray.keys import load_private_key
 from tests.cli_helpers import run_cli
 from tests.conftest import REPO
+from tests.images import phantom_png
 
 SAMPLE = REPO / "sample_data"
 PER_CLASS = 2
@@ -236,11 +236,8 @@ def test_existing_output_is_refused_without_force(site, tmp_path):
 def test_same_relative_path_in_two_inputs_gets_two_image_ids(fed, tmp_path):
     from fedxray.evaluation.run import reads_for_shard
 
-    rng = np.random.default_rng(0)
-    for name in ("east", "west"):
-        p = tmp_path / name / "NORMAL" / "x.png"
-        p.parent.mkdir(parents=True)
-        Image.fromarray(rng.integers(0, 256, (40, 40), dtype=np.uint8)).save(p)
+    for seed, name in enumerate(("east", "west")):
+        phantom_png(tmp_path / name / "NORMAL" / "x.png", seed)
     _good_png(tmp_path / "east" / "NORMAL" / "only-east.png")
     out = tmp_path / "x.shard"
     inputs = (tmp_path / "east", tmp_path / "west")
@@ -260,7 +257,7 @@ def test_same_relative_path_in_two_inputs_gets_two_image_ids(fed, tmp_path):
             "NORMAL/only-east.png,normal",
         ]
     )
-    got = reads_for_shard(reads.encode(), shard, shard.classes, ident)
+    got = reads_for_shard(reads.encode(), shard, shard.classes, ident).labels
     by_id = dict(zip(shard.image_ids, got, strict=True))
     assert by_id[image_id(secret, "west/NORMAL/x.png")] == 2
     assert by_id[image_id(secret, "east/NORMAL/x.png")] == 1
@@ -271,12 +268,9 @@ def test_module_entry_with_worker_processes(tmp_path):
     """`python -m fedxray prep --workers 2` really starts (spawned) worker processes."""
     from fedxray.data.prep import MIN_FILES_PER_WORKER
 
-    rng = np.random.default_rng(1)
     n = 2 * MIN_FILES_PER_WORKER
     for i in range(n):
-        p = tmp_path / "in" / ("NORMAL" if i % 2 else "viral") / f"{i:03d}.png"
-        p.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (20, 20), dtype=np.uint8)).save(p)
+        phantom_png(tmp_path / "in" / ("NORMAL" if i % 2 else "viral") / f"{i:03d}.png", i)
     out = tmp_path / "x.shard"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     p = subprocess.run(

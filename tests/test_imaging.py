@@ -6,11 +6,12 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, RLELossless
+from pydicom.dataset import Dataset
+from pydicom.uid import RLELossless
 
 from fedxray.imaging import SKIP_REASONS, SkipImage, load_radiograph
 from fedxray.imaging.normalize import to_uint8
+from tests.images import write_dicom
 
 SIZE = 32
 
@@ -24,27 +25,7 @@ def _scene(rows: int = 48, cols: int = 40) -> np.ndarray:
     return v.astype(np.uint16)
 
 
-def _dicom(path, pixels: np.ndarray, **tags) -> None:
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
-    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4"
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
-    ds.SOPInstanceUID = "1.2.3.4"
-    ds.Modality = "CR"
-    ds.PatientID = "PAT-0001"
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows, ds.Columns = pixels.shape[:2]
-    ds.BitsAllocated = 16 if pixels.dtype == np.uint16 else 8
-    ds.BitsStored = ds.BitsAllocated
-    ds.HighBit = ds.BitsStored - 1
-    ds.PixelRepresentation = 0
-    for k, v in tags.items():
-        setattr(ds, k, v)
-    ds.PixelData = pixels.tobytes()
-    ds.save_as(path, enforce_file_format=True)
+_dicom = write_dicom
 
 
 def _load(path) -> np.ndarray:

@@ -32,7 +32,7 @@ def _png(path: Path, seed: int, label: str = "normal") -> Path:
 def _tiny_site(folder: Path, styles: dict[str, float], n: int = 2) -> list[Path]:
     folder.mkdir(parents=True)
     spec = SiteSpec(
-        {"normal": n, "bacterial": n, "viral": n}, styles, (72, 80), "ZZ", "TEST HOSPITAL X"
+        {"normal": n, "bacterial": n, "viral": n}, styles, (112, 120), "ZZ", "TEST HOSPITAL X"
     )
     return generate_site(folder, "site-x", spec, seed=5, used_ids=set())
 

@@ -117,6 +117,17 @@ def test_committed_sample_data_layout():
     assert total < 8_000_000
 
 
+def test_sample_sites_are_never_too_small_for_prep():
+    """The phantoms' size ranges stay above prep's minimum, whatever the seed."""
+    from fedxray.imaging.plausibility import MIN_SHORT_SIDE
+    from fedxray.sampledata.dicom_writer import STYLES
+    from fedxray.sampledata.sites import WIDTH_RATIO
+
+    for spec in SITES.values():
+        factor = min(STYLES[style].size_factor for style in spec.styles)
+        assert int(int(spec.rows[0] * factor) * WIDTH_RATIO[0]) >= MIN_SHORT_SIDE
+
+
 @needs_sample
 def test_sample_site_preps_without_label_option():
     shard, report = prepare([SAMPLE / "hospital-c"], 32, workers=1)

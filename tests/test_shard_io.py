@@ -11,7 +11,7 @@ import pytest
 from safetensors.numpy import save as st_save
 
 from fedxray.data.shard import Shard
-from fedxray.data.shard_io import payload_sha256, read_shard, shard_bytes, write_shard
+from fedxray.data.shard_io import FORMAT, payload_sha256, read_shard, shard_bytes, write_shard
 from fedxray.errors import FedxrayError, VerificationError
 
 
@@ -50,6 +50,23 @@ def test_round_trip_without_patients_and_uint16(tmp_path):
     r = read_shard(tmp_path / "a.shard")
     assert r.patients is None and r.images.dtype == np.uint16
     assert np.array_equal(r.images, s.images)
+
+
+def test_duplicate_ids_round_trip_as_format_2(tmp_path):
+    s = _shard()
+    s.duplicate_ids = np.array([f"{i + 900:032x}" for i in range(2)])
+    data = shard_bytes(s)
+    (tmp_path / "a.shard").write_bytes(data)
+    r = read_shard(tmp_path / "a.shard")
+    assert list(r.duplicate_ids) == list(s.duplicate_ids) and r.meta["format"] == 2
+    # The tensor is covered by the checksum, and a format 1 header may not carry it.
+    (tmp_path / "old").write_bytes(_with_header(data, format=1))
+    with pytest.raises(VerificationError, match="malformed"):
+        read_shard(tmp_path / "old")
+    s.duplicate_ids = np.array([], dtype=str)  # nothing left out: format 1, as before
+    (tmp_path / "b.shard").write_bytes(shard_bytes(s))
+    r = read_shard(tmp_path / "b.shard")
+    assert r.duplicate_ids is None and r.meta["format"] == 1
 
 
 def test_refuses_to_overwrite(tmp_path):
@@ -108,8 +125,8 @@ def test_other_kind_and_newer_format(tmp_path):
     (tmp_path / "m").write_bytes(_with_header(data, kind="model"))
     with pytest.raises(VerificationError, match="model file, not a shard"):
         read_shard(tmp_path / "m")
-    (tmp_path / "f").write_bytes(_with_header(data, format=2))
-    with pytest.raises(FedxrayError, match="format 2") as ei:
+    (tmp_path / "f").write_bytes(_with_header(data, format=FORMAT + 1))
+    with pytest.raises(FedxrayError, match=f"format {FORMAT + 1}") as ei:
         read_shard(tmp_path / "f")
     assert not isinstance(ei.value, VerificationError)
     (tmp_path / "ok").write_bytes(_with_header(data, note="extra keys are fine"))

@@ -95,6 +95,14 @@ def prep(
             show_default=False,
         ),
     ] = None,
+    keep_duplicates: Annotated[
+        bool,
+        typer.Option(
+            "--keep-duplicates",
+            help="Keep exact duplicates instead of keeping the first copy only: for a "
+            "published test set, which must keep its size. Not for training shards.",
+        ),
+    ] = False,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -105,7 +113,8 @@ def prep(
     `fedxray predict` also uses: to greyscale, air dark, robust contrast window, resized to the
     plan's image size (padded, never cropped). Labels come from labels.csv at the top of an
     input, folder names (NORMAL/, bacterial/, viral/, ...), Kermany file names, or --labels
-    FILE.CSV. Exact duplicates are kept once.
+    FILE.CSV (paths in it: absolute, or relative to the CSV's folder or to the input).
+    Exact duplicates are kept once (all copies with --keep-duplicates).
 
     The shard holds only the small images, the labels and keyed pseudonyms: no header value
     (names, IDs, dates, UIDs, institution) and no file name. With --key, pseudonyms are derived
@@ -114,10 +123,11 @@ def prep(
     text in the pixels is NOT removed.
 
     Files that cannot be used are skipped, each with a reason (unreadable, not-an-image,
-    undecodable, wrong-modality, multi-frame, colour-dicom, unknown-label, duplicate), and the
-    run goes on. An input without a single usable image is an error, and then nothing is
-    written. The shard is written only when everything succeeded (mode 0600; it never leaves
-    the site).
+    undecodable, wrong-modality, multi-frame, colour-dicom, implausible, unknown-label,
+    duplicate), and the run goes on. Implausible: too small (shorter side under 64 px),
+    blank, random noise, a smooth gradient or a colour picture. An input without a single
+    usable image is an error, and then nothing is written. The shard is written only when
+    everything succeeded (mode 0600; it never leaves the site).
     """
     from fedxray.data.labels import DEFAULT_CLASSES
     from fedxray.data.prep import prepare
@@ -171,6 +181,7 @@ def prep(
             secret=secret,
             label_mode=label_mode,
             workers=workers,
+            keep_duplicates=keep_duplicates,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
     write_shard(output, shard, force=force)

@@ -7,14 +7,18 @@ file is reported, never guessed.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import os
+import posixpath
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from fedxray.errors import FedxrayError
+from fedxray.fsio import read_input
 
 DEFAULT_CLASSES = ("normal", "bacterial", "viral")
 LABELS_CSV = "labels.csv"
@@ -148,7 +152,7 @@ class FolderLabeler:
                 return
             folder = folder.parent
 
-    def __call__(self, path: Path) -> LabelDecision:
+    def __call__(self, path: Path, rel: str | None = None) -> LabelDecision:
         k = kermany_name(path.name) if self.kermany_names else None
         token = k.patient if k else None
         from_name = resolve_label(k.label, self.classes) if k and k.label else None
@@ -182,7 +186,7 @@ class KermanyLabeler:
         self.folders = FolderLabeler(root, classes, kermany_names=False)
         self.csv_path: Path | None = None
 
-    def __call__(self, path: Path) -> LabelDecision:
+    def __call__(self, path: Path, rel: str | None = None) -> LabelDecision:
         k = kermany_name(path.name)
         if k is None:
             return LabelDecision(None, why="file name does not follow the Kermany convention")
@@ -196,75 +200,116 @@ class KermanyLabeler:
         return LabelDecision(d.label, name_token=k.patient, why=d.why)
 
 
-class CsvLabeler:
-    """A CSV with columns file,label[,patient]; file paths are relative to the CSV's folder."""
+FILE_COLUMNS = ("file", "filename", "path", "image")
+LABEL_COLUMNS = ("label", "class", "diagnosis")
+PATIENT_COLUMNS = ("patient", "patient_id", "patientid")
 
-    FILE_COLUMNS = ("file", "filename", "path", "image")
-    LABEL_COLUMNS = ("label", "class", "diagnosis")
-    PATIENT_COLUMNS = ("patient", "patient_id", "patientid")
 
-    def __init__(self, csv_path: Path, classes: Sequence[str]):
-        self.csv_path = Path(csv_path)
-        self.folder = self.csv_path.parent
-        self.classes = list(classes)
-        self.rows: dict[str, tuple[str, str | None]] = {}
-        self._used: set[str] = set()
-        self._read()
+def parse_labels_csv(data: bytes, name: str = LABELS_CSV) -> dict[str, tuple[str, str | None]]:
+    """A labels CSV's rows: file key -> (label word, patient token or None).
 
-    def _read(self) -> None:
-        name = self.csv_path
-        try:
-            text = self.csv_path.read_bytes().decode("utf-8-sig")
-        except FileNotFoundError:
-            raise FedxrayError(f"labels file not found: {name}") from None
-        except UnicodeDecodeError:
-            raise FedxrayError(f"{name}: not a UTF-8 text file") from None
-        except OSError as e:
-            raise FedxrayError(f"cannot read labels file {name}: {e.strerror}") from None
-        lines = text.splitlines()
-        if not lines or not lines[0].strip():
-            raise FedxrayError(f"{name}: empty labels file", hint="expected columns file,label")
-        delimiter = max(",;\t", key=lines[0].count)
-        reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    Columns ``file,label[,patient]`` (or the synonyms in FILE_COLUMNS, LABEL_COLUMNS,
+    PATIENT_COLUMNS), separated by comma, semicolon or tab; UTF-8, a BOM is fine. File keys
+    are '/'-separated; absolute paths stay absolute (see file_key). Any malformed input
+    raises FedxrayError naming the file (and the line), never anything else.
+    """
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise FedxrayError(f"{name}: not a UTF-8 text file", hint="save it as CSV UTF-8") from None
+    lines = text.splitlines()
+    if not lines or not lines[0].strip():
+        raise FedxrayError(f"{name}: empty labels file", hint="expected columns file,label")
+    delimiter = max(",;\t", key=lines[0].count)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    rows: dict[str, tuple[str, str | None]] = {}
+    try:
         header = [_norm(h) for h in next(reader)]
-        col_file = _column(header, self.FILE_COLUMNS)
-        col_label = _column(header, self.LABEL_COLUMNS)
-        col_patient = _column(header, self.PATIENT_COLUMNS)
+        col_file = _column(header, FILE_COLUMNS)
+        col_label = _column(header, LABEL_COLUMNS)
+        col_patient = _column(header, PATIENT_COLUMNS)
         if col_file is None or col_label is None:
+            found = ", ".join(shown(h) for h in header if h) or "nothing"
             raise FedxrayError(
-                f"{name}: needs columns 'file' and 'label' (found: {', '.join(header)})"
+                f"{name}: needs columns 'file' and 'label' (found: {found[:200]})",
+                hint="the first line must name the columns, e.g. file,label,patient",
             )
-        for line_no, row in enumerate(reader, start=2):
+        for row in reader:
+            line_no = reader.line_num
             if not any(cell.strip() for cell in row):
                 continue
             cells = row + [""] * (len(header) - len(row))
-            key = _key(cells[col_file])
+            key = file_key(cells[col_file])
             label = cells[col_label].strip()
             if not key or not label:
                 raise FedxrayError(f"{name}, line {line_no}: file and label must not be empty")
             patient = cells[col_patient].strip() if col_patient is not None else ""
             entry = (label, patient or None)
-            if key in self.rows and self.rows[key] != entry:
-                raise FedxrayError(f"{name}, line {line_no}: {key} is listed twice, differently")
-            self.rows[key] = entry
-        if not self.rows:
-            raise FedxrayError(f"{name}: no rows below the header")
+            if key in rows and rows[key] != entry:
+                raise FedxrayError(
+                    f"{name}, line {line_no}: {shown(key)} is listed twice, differently"
+                )
+            rows[key] = entry
+    except csv.Error as e:
+        raise FedxrayError(f"{name}, line {reader.line_num}: malformed CSV: {e}") from None
+    if not rows:
+        raise FedxrayError(f"{name}: no rows below the header")
+    return rows
 
-    def _lookup(self, path: Path) -> str | None:
-        try:
-            rel = path.relative_to(self.folder).as_posix()
-        except ValueError:
-            rel = None
-        if rel is not None and rel in self.rows:
-            return rel
-        if path.name in self.rows:  # a CSV listing bare file names
-            return path.name
-        return None
 
-    def __call__(self, path: Path) -> LabelDecision:
+def shown(text: str, quote: bool = False, limit: int = 80) -> str:
+    """A value from a user's file as it may appear in a one-line message: printable, short."""
+    text = text if text.isprintable() else repr(text)[1:-1]
+    text = text if len(text) <= limit else text[: limit - 3] + "..."
+    return f"'{text}'" if quote else text
+
+
+def file_key(cell: str) -> str:
+    """A CSV's file cell as a lookup key: '/'-separated and normalised ('./', 'a/../').
+
+    Absolute paths (``/data/x.png``, ``C:/data/x.png``) stay absolute, so they only match
+    the file at that place; relative ones may climb out of the CSV's folder (``../x.png``).
+    """
+    p = cell.strip().replace("\\", "/")
+    return posixpath.normpath(p) if p else ""
+
+
+class CsvLabeler:
+    """A CSV with columns file,label[,patient] (see parse_labels_csv).
+
+    A row's file may be an absolute path, a path relative to the CSV's folder, a path
+    relative to the input folder prep reads (they differ when the CSV lives elsewhere),
+    or a bare file name, which matches that name anywhere.
+    """
+
+    def __init__(self, csv_path: Path, classes: Sequence[str]):
+        self.csv_path = Path(csv_path)
+        self.folder = Path(os.path.abspath(self.csv_path.parent))
+        self.classes = list(classes)
+        self._used: set[str] = set()
+        data = read_input(self.csv_path, what="labels file")
+        self.rows = parse_labels_csv(data, str(self.csv_path))
+
+    def _lookup(self, path: Path, rel: str | None) -> str | None:
+        """The row naming this file, tried in this order: absolute path (as given, then
+        with links resolved), relative to the CSV's folder, relative to the input, bare name.
+        """
+        absolute = Path(os.path.abspath(path))
+        keys = [absolute.as_posix()]
+        with contextlib.suppress(OSError, RuntimeError):  # RuntimeError: a symlink loop
+            keys.append(path.resolve(strict=True).as_posix())
+        with contextlib.suppress(ValueError):  # on Windows: another drive
+            keys.append(Path(os.path.relpath(absolute, self.folder)).as_posix())
+        if rel is not None:
+            keys.append(rel)
+        keys.append(path.name)
+        return next((k for k in keys if k in self.rows), None)
+
+    def __call__(self, path: Path, rel: str | None = None) -> LabelDecision:
+        """Label of ``path``; ``rel`` is its path relative to the input folder, if known."""
         k = kermany_name(path.name)
         token = k.patient if k else None
-        key = self._lookup(path)
+        key = self._lookup(path, rel)
         if key is None:
             return LabelDecision(None, name_token=token, why=f"not listed in {self.csv_path.name}")
         self._used.add(key)
@@ -272,7 +317,7 @@ class CsvLabeler:
         label = resolve_label(word, self.classes)
         if label is None:
             why = (
-                f"label '{word}' in {self.csv_path.name} is none of the classes "
+                f"label {shown(word, quote=True)} in {self.csv_path.name} is none of the classes "
                 f"{_class_list(self.classes)}"
             )
             return LabelDecision(None, patient, token, why)
@@ -288,11 +333,6 @@ def _column(header: list[str], names: Sequence[str]) -> int | None:
         if n in header:
             return header.index(n)
     return None
-
-
-def _key(cell: str) -> str:
-    p = cell.strip().replace("\\", "/")
-    return str(PurePosixPath(p)).lstrip("/") if p else ""
 
 
 Labeler = FolderLabeler | KermanyLabeler | CsvLabeler

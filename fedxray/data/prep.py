@@ -22,8 +22,15 @@ from typing import NamedTuple
 
 import numpy as np
 
-from fedxray.data.labels import DEFAULT_CLASSES, Labeler, check_classes, make_labeler
+from fedxray.data.labels import (
+    DEFAULT_CLASSES,
+    LABELS_CSV,
+    Labeler,
+    check_classes,
+    make_labeler,
+)
 from fedxray.data.pseudonym import image_id, patient_pseudonym, random_secret
+from fedxray.data.scan import broken_link, check_inputs, scan_files
 from fedxray.data.shard import Shard
 from fedxray.errors import FedxrayError
 from fedxray.imaging import SKIP_REASONS, SkipImage, check_image_size, load_radiograph
@@ -116,15 +123,17 @@ def prepare(
     label_mode: str | Path = "auto",
     workers: int | None = None,
     progress: Progress | None = None,
+    keep_duplicates: bool = False,
 ) -> tuple[Shard, PrepReport]:
-    """Decode, label, de-duplicate and pseudonymise every image under ``inputs``.
+    """Decode, check, label, de-duplicate and pseudonymise every image under ``inputs``.
 
     secret: the site's pseudonym secret (fedxray.data.pseudonym.site_secret); None draws a
-    random one, so pseudonyms then differ from shard to shard. Raises FedxrayError when no
-    usable image is found.
+    random one, so pseudonyms then differ from shard to shard. keep_duplicates: keep exact
+    duplicates (a published test set keeps its size); they are still counted. Raises
+    FedxrayError when no usable image is found.
     """
     started = time.monotonic()
-    roots = _check_inputs(inputs)
+    roots = check_inputs(inputs)
     try:
         check_image_size(image_size)
     except ValueError as e:
@@ -157,6 +166,8 @@ def prepare(
     # Results stream in, in file order; only the small output images are kept.
     images = np.empty((len(items), image_size, image_size), dtype=np.uint8)
     kept_items: list[_Item] = []
+    dropped: list[_Item] = []  # exact duplicates left out
+    kept_copies = 0
     tokens: list[str | None] = []
     first_of: dict[bytes, _Item] = {}
     sources: Counter[str] = Counter()
@@ -166,14 +177,20 @@ def prepare(
         if res[0] == "skip":
             report.skipped.append(SkippedFile(str(it.path), res[1], res[2]))
             continue
-        _, pixels, dicom_token, kind = res
-        digest = hashlib.sha256(pixels.tobytes()).digest()  # exact duplicates of output pixels
+        _, pixels, dicom_token, kind, source_shape = res
+        digest = _pixel_digest(pixels, source_shape)
         if digest in first_of:
-            report.skipped.append(
-                SkippedFile(str(it.path), "duplicate", f"same pixels as {first_of[digest].path}")
-            )
-            continue
-        first_of[digest] = it
+            if not keep_duplicates:
+                report.skipped.append(
+                    SkippedFile(
+                        str(it.path), "duplicate", f"same pixels as {first_of[digest].path}"
+                    )
+                )
+                dropped.append(it)
+                continue
+            kept_copies += 1
+        else:
+            first_of[digest] = it
         images[len(kept_items)] = pixels
         kept_items.append(it)
         tokens.append(it.patient or dicom_token or it.name_token)
@@ -189,7 +206,16 @@ def prepare(
             report.warnings.append(
                 f"{lab.csv_path}: {len(missing)} listed file(s) not found, e.g. {missing[0]}"
             )
+    if kept_copies:
+        report.warnings.append(
+            f"{kept_copies} exact duplicate(s) kept as asked: right for a published test "
+            "set; a training shard should not weigh an image twice"
+        )
     shard = _build_shard(images, kept_items, tokens, classes, image_size, secret)
+    if dropped:
+        # Keyed ids only: evaluation can then tell a reader's row for a dropped copy from
+        # a typo (see fedxray.evaluation.reference).
+        shard.duplicate_ids = np.array([image_id(secret, it.rel) for it in dropped], "<U32")
     _count(shard, report)
     report.sources = dict(sorted(sources.items()))
     for c in classes:
@@ -198,43 +224,6 @@ def prepare(
     report.seconds = time.monotonic() - started
     shard.meta = {"report": report.summary(), "pseudonyms": report.pseudonyms}
     return shard, report
-
-
-def _check_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
-    if isinstance(inputs, (str, os.PathLike)):
-        inputs = [inputs]
-    if not inputs:
-        raise FedxrayError("no input folder or file given")
-    roots = []
-    for raw in inputs:
-        p = Path(raw)
-        if not p.exists():
-            raise FedxrayError(f"input not found: {p}")
-        if not (p.is_dir() or p.is_file()):
-            raise FedxrayError(f"input is neither a folder nor a file: {p}")
-        roots.append(p)
-    return roots
-
-
-def _scan(root: Path, exclude: set[Path]) -> list[tuple[Path, str]]:
-    """Files under root (sorted, hidden ones skipped) with their '/'-separated relative path."""
-    if root.is_file():
-        return [] if root.resolve() in exclude else [(root, root.name)]
-    found = []
-    for folder, dirs, files in os.walk(root, onerror=_walk_error):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if name.startswith("."):
-                continue
-            path = Path(folder) / name
-            if path.resolve() in exclude:
-                continue
-            found.append((path, path.relative_to(root).as_posix()))
-    return found
-
-
-def _walk_error(e: OSError) -> None:
-    raise FedxrayError(f"cannot read folder {e.filename}: {e.strerror}")
 
 
 def _label_files(
@@ -253,13 +242,20 @@ def _label_files(
             str(labeler.csv_path) if labeler.csv_path else str(label_mode)
         )
         exclude = {labeler.csv_path.resolve()} if labeler.csv_path else set()
-        for path, rel in _scan(root, exclude):
-            real = path.resolve()
+        found = scan_files(root, exclude)
+        if label_mode == "auto" and labeler.csv_path is None:
+            _refuse_nested_label_files(root, [f.rel for f in found])
+        for path, rel, real in found:
+            if real is None:
+                report.files_seen += 1
+                message = broken_link(path) if path.is_symlink() else "file vanished"
+                report.skipped.append(SkippedFile(str(path), "unreadable", message))
+                continue
             if real in seen:  # the same file reached through two inputs counts once
                 continue
             seen.add(real)
             report.files_seen += 1
-            d = labeler(path)
+            d = labeler(path, rel)
             if d.label is None:
                 reason, message = _why_unlabelled(path, d.why or "no label")
                 report.skipped.append(SkippedFile(str(path), reason, message))
@@ -267,6 +263,25 @@ def _label_files(
             items.append(_Item(path, rel, classes.index(d.label), d.patient, d.name_token, scope))
     _unique_rels(items)
     return items, labelers
+
+
+def _refuse_nested_label_files(root: Path, rels: list[str]) -> None:
+    """An input without labels.csv at its top, but with some in sub-folders, is ambiguous.
+
+    Typically a folder of data sets (sites, or training and test sets): each labels.csv
+    describes its own folder, and merging them all into one shard would be a surprise
+    (a test set inside a training shard). Say which inputs to give instead of guessing.
+    """
+    nested = sorted({rel.rsplit("/", 1)[0] for rel in rels if rel.endswith(f"/{LABELS_CSV}")})
+    if not nested:
+        return
+    shown = ", ".join(str(root / n) for n in nested[:4]) + (" ..." if len(nested) > 4 else "")
+    raise FedxrayError(
+        f"{root} has no {LABELS_CSV} at its top, but {len(nested)} sub-folder(s) have their "
+        f"own: {shown}",
+        hint=f"give those folders as inputs (e.g. fedxray prep {root / nested[0]} ...), each "
+        "with its own labels; or --labels folders to label by folder names",
+    )
 
 
 def _scope(root: Path) -> tuple[str, ...]:
@@ -347,6 +362,18 @@ def _raise_nothing_usable(report: PrepReport) -> None:
 # ---- decoding, possibly in worker processes -------------------------------------------
 
 
+def _pixel_digest(pixels: np.ndarray, source_shape: tuple[int, int]) -> bytes:
+    """Exact-duplicate key: the output pixels, and the source's size (like with like).
+
+    Output pixels rather than file bytes, so a copy with edited headers is still a
+    duplicate; with the source size, so two different images that happen to give the same
+    output (e.g. two blank ones of different sizes) are not.
+    """
+    h = hashlib.sha256(f"{source_shape[0]}x{source_shape[1]}\0".encode())
+    h.update(pixels.tobytes())
+    return h.digest()
+
+
 def _decode_one(path: Path, image_size: int) -> tuple:
     try:
         r = load_radiograph(path, image_size)
@@ -356,7 +383,9 @@ def _decode_one(path: Path, image_size: int) -> tuple:
         return ("skip", "unreadable", "not enough memory to decode this image")
     except Exception as e:  # a file no decoder anticipated must not stop the whole run
         return ("skip", "unreadable", f"cannot decode: {type(e).__name__}: {e}"[:300])
-    return ("ok", r.pixels, r.patient_token, r.kind)
+    if not r.plausibility.ok:
+        return ("skip", "implausible", r.plausibility.message)
+    return ("ok", r.pixels, r.patient_token, r.kind, r.source_shape)
 
 
 def _decode_star(args: tuple[Path, int]) -> tuple:

@@ -15,6 +15,8 @@ class Shard:
     labels:   int64 array [N], indices into ``classes``.
     patients: array [N] of patient pseudonyms (str, keyed hashes) or None when unknown.
     image_ids: array [N] of str, keyed hashes of the source path (to match reader CSVs).
+    duplicate_ids: array [D] of str, the same keyed hashes for the files prep left out as
+        exact duplicates of a kept image (so a reader's row for one is not taken for a typo).
     """
 
     images: np.ndarray
@@ -23,6 +25,7 @@ class Shard:
     image_size: int
     patients: np.ndarray | None = None
     image_ids: np.ndarray | None = None
+    duplicate_ids: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
 
     def __len__(self) -> int:

@@ -1,7 +1,8 @@
 """Shard files: one safetensors file, checked on every read.
 
 Tensors: ``images`` uint8 (or uint16) [N, S, S], ``labels`` int64 [N], and when present
-``patients`` / ``image_ids`` as uint8 [N, W] (UTF-8, NUL-padded pseudonyms). The
+``patients`` / ``image_ids`` as uint8 [N, W] (UTF-8, NUL-padded pseudonyms) and
+``duplicate_ids`` as uint8 [D, W] (format 2: the ids of files left out as duplicates). The
 ``__metadata__`` entry ``fedxray`` holds JSON: kind, format, classes, image_size, count,
 payload_sha256 (over every tensor's name, dtype, shape and bytes), created, report
 (counts only). Nothing from source headers or file names is stored.
@@ -24,9 +25,9 @@ from fedxray.errors import FedxrayError, VerificationError
 from fedxray.fsio import read_input, write_atomic
 
 KIND = "shard"
-FORMAT = 1
+FORMAT = 2  # the newest format this version reads; a shard is written in the oldest that fits
 META_KEY = "fedxray"
-_TENSORS = ("images", "labels", "patients", "image_ids")
+_TENSORS = ("images", "labels", "patients", "image_ids", "duplicate_ids")
 
 
 def payload_sha256(tensors: dict[str, np.ndarray]) -> str:
@@ -82,10 +83,14 @@ def shard_bytes(shard: Shard, created: str | None = None) -> bytes:
         tensors["patients"] = _encode_strings(shard.patients, "patient pseudonyms")
     if shard.image_ids is not None:
         tensors["image_ids"] = _encode_strings(shard.image_ids, "image ids")
+    if shard.duplicate_ids is not None and len(shard.duplicate_ids):
+        tensors["duplicate_ids"] = _encode_strings(shard.duplicate_ids, "duplicate ids")
     report = shard.meta.get("report", {}) if isinstance(shard.meta, dict) else {}
     header = {
         "kind": KIND,
-        "format": FORMAT,
+        # Format 1 readers refuse unknown tensors as malformed; format 2 makes them say
+        # "upgrade" instead. A shard without duplicate ids stays readable by both.
+        "format": 2 if "duplicate_ids" in tensors else 1,
         "classes": list(shard.classes),
         "image_size": int(shard.image_size),
         "count": len(shard),
@@ -137,7 +142,7 @@ def _header(data: bytes, path) -> dict:
         raise not_shard
     if fmt > FORMAT:
         raise FedxrayError(
-            f"{path} is shard format {fmt}; this fedxray reads format {FORMAT}",
+            f"{path} is shard format {fmt}; this fedxray reads formats 1 to {FORMAT}",
             hint="upgrade fedxray",
         )
     return header
@@ -147,6 +152,8 @@ def _to_shard(tensors: dict[str, np.ndarray], header: dict, path) -> Shard:
     bad = VerificationError(f"malformed shard: {path}")
     if set(tensors) - set(_TENSORS) or "images" not in tensors or "labels" not in tensors:
         raise bad
+    if "duplicate_ids" in tensors and header.get("format") < 2:
+        raise bad
     classes, size = header.get("classes"), header.get("image_size")
     if not isinstance(classes, list) or not isinstance(size, int):
         raise bad
@@ -154,6 +161,7 @@ def _to_shard(tensors: dict[str, np.ndarray], header: dict, path) -> Shard:
     n = len(labels)
     patients = _decode_strings(tensors["patients"]) if "patients" in tensors else None
     ids = _decode_strings(tensors["image_ids"]) if "image_ids" in tensors else None
+    dups = _decode_strings(tensors["duplicate_ids"]) if "duplicate_ids" in tensors else None
     shard = Shard(
         images=images,
         labels=labels,
@@ -161,6 +169,7 @@ def _to_shard(tensors: dict[str, np.ndarray], header: dict, path) -> Shard:
         image_size=size,
         patients=patients,
         image_ids=ids,
+        duplicate_ids=dups,
         meta={k: v for k, v in header.items() if k not in ("kind",)},
     )
     try:

@@ -211,13 +211,17 @@ def read_reads_csv(
     image_ids,
     image_id_of: Callable[[str], str] | None = None,
     name: str = "READS.csv",
+    duplicate_ids=None,
+    warn: Callable[[str], None] | None = None,
 ) -> np.ndarray:
     """Reader labels aligned to shard rows: int64 [N], -1 where the image was not read.
 
     ``source`` is the CSV's bytes or its path. Rows name an image by ``image_id`` (matched
     directly) or by ``file`` (mapped through ``image_id_of``, the site's keyed path hash).
     Labels are class names, any case. Unknown labels, unmatched rows or one image read twice
-    with different labels are errors that quote the first few offending lines.
+    with different labels are errors that quote the first few offending lines. Rows naming
+    an image prep left out as an exact duplicate (``duplicate_ids``, the shard's) are not
+    used, and ``warn`` is told so once.
     """
     if isinstance(source, bytes | bytearray):
         raw = bytes(source)
@@ -232,6 +236,7 @@ def read_reads_csv(
             hint="prepare the shard again with this version of fedxray",
         )
     index = {str(i): row for row, i in enumerate(np.asarray(image_ids))}
+    dropped = set() if duplicate_ids is None else {str(i) for i in duplicate_ids}
     label_of = {c.strip().lower(): j for j, c in enumerate(classes)}
     header, rows = _parse_csv(raw, name)
     key_col, label_col, by_file = _columns(header, name)
@@ -243,7 +248,7 @@ def read_reads_csv(
         )
 
     out = np.full(len(index), NOT_READ, dtype=np.int64)
-    unknown, unmatched, conflicts = [], [], []
+    unknown, unmatched, conflicts, duplicates = [], [], [], []
     for line, cells in rows:
         key = cells[key_col].strip() if key_col < len(cells) else ""
         label = cells[label_col].strip() if label_col < len(cells) else ""
@@ -254,7 +259,9 @@ def read_reads_csv(
         image_id = image_id_of(key) if by_file and key else key
         row = index.get(image_id) if key else None
         if row is None:
-            unmatched.append(f"line {line} {key!r}")
+            (duplicates if key and image_id in dropped else unmatched).append(
+                f"line {line} {key!r}"
+            )
             continue
         if out[row] not in (NOT_READ, j):
             conflicts.append(f"line {line} {key!r}")
@@ -274,6 +281,12 @@ def read_reads_csv(
     if conflicts:
         raise FedxrayError(
             f"{name}: {len(conflicts)} image(s) read twice with different labels: {_few(conflicts)}"
+        )
+    if duplicates and warn is not None:
+        warn(
+            f"{name}: {len(duplicates)} row(s) name images prep left out as exact duplicates "
+            f"of kept images; those reads are not used: {_few(duplicates)} (prep "
+            "--keep-duplicates keeps every copy)"
         )
     if not (out != NOT_READ).any():
         raise FedxrayError(f"{name} contains no reads")

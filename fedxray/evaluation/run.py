@@ -152,7 +152,7 @@ def shard_labels(shard: Shard, plan: Plan, name: str = "shard") -> np.ndarray:
     if shard.image_size != size:
         raise FedxrayError(
             f"{name} holds {shard.image_size} px images but the model takes {size} px",
-            hint=f"prepare the test images again with --image-size {size}",
+            hint=f"prepare the test images again with --size {size} (or the plan)",
         )
     classes = plan.classes
     if list(shard.classes) == classes:
@@ -168,14 +168,22 @@ def shard_labels(shard: Shard, plan: Plan, name: str = "shard") -> np.ndarray:
     return mapping[np.asarray(shard.labels, dtype=np.int64)]
 
 
+@dataclass(frozen=True)
+class ReaderReads:
+    """A reader's labels per shard row (-1: not read) and what to tell about them."""
+
+    labels: np.ndarray
+    warnings: list[str]
+
+
 def reads_for_shard(
     source: bytes | str | os.PathLike,
     shard: Shard,
     classes: Sequence[str],
     identity: PrivateIdentity | None = None,
     name: str = "READS.csv",
-) -> np.ndarray:
-    """A reader's labels aligned to the shard's rows (-1: not read).
+) -> ReaderReads:
+    """A reader's labels aligned to the shard's rows (-1: not read), and warnings.
 
     Rows naming a ``file`` are matched through the keyed image id prep gave the file, which
     needs the site key (``identity``) prep used. The path is hashed as written; when that
@@ -205,14 +213,24 @@ def reads_for_shard(
                     return candidate
             return image_id(secret, path)
 
-    return read_reads_csv(source, classes, shard.image_ids, image_id_of, name=name)
+    warnings: list[str] = []
+    labels = read_reads_csv(
+        source,
+        classes,
+        shard.image_ids,
+        image_id_of,
+        name=name,
+        duplicate_ids=shard.duplicate_ids,
+        warn=warnings.append,
+    )
+    return ReaderReads(labels, warnings)
 
 
 def evaluate_shard(
     model: LoadedModel,
     shard: Shard,
     *,
-    reads: np.ndarray | None = None,
+    reads: ReaderReads | np.ndarray | None = None,
     n_boot: int = DEFAULT_RESAMPLES,
     seed: int = 0,
     batch_size: int = DEFAULT_BATCH,
@@ -220,8 +238,14 @@ def evaluate_shard(
     name: str = "shard",
     progress: StageProgress | None = None,
 ) -> EvaluationReport:
-    """Run the model on every image of the shard and evaluate it (patients resampled)."""
+    """Run the model on every image of the shard and evaluate it (patients resampled).
+
+    ``reads``: from reads_for_shard; its warnings join the reader comparison's notes.
+    """
     labels = shard_labels(shard, model.plan, name)
+    reader_warnings: list[str] = []
+    if isinstance(reads, ReaderReads):
+        reads, reader_warnings = reads.labels, reads.warnings
     probs = predict_proba(
         model.module,
         shard.images,
@@ -230,7 +254,7 @@ def evaluate_shard(
         channels=model.in_channels,
         progress=_stage(progress, "predict"),
     )
-    return evaluate(
+    report = evaluate(
         labels,
         probs,
         model.classes,
@@ -240,6 +264,9 @@ def evaluate_shard(
         seed=seed,
         progress=_stage(progress, "bootstrap"),
     )
+    if report.reader is not None:
+        report.reader.notes[:0] = reader_warnings
+    return report
 
 
 def _stage(progress: StageProgress | None, stage: str) -> Callable[[int, int], None] | None:
@@ -268,7 +295,7 @@ class Prediction:
 def scan_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     """Files named directly, then every file under each folder (recursively, sorted, hidden
     ones skipped, exactly as prep scans), each file once."""
-    from fedxray.data.prep import _scan
+    from fedxray.data.scan import scan_files
 
     if not inputs:
         raise FedxrayError("no file or folder given")
@@ -278,14 +305,14 @@ def scan_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
         p = Path(raw)
         if not p.exists():
             raise FedxrayError(f"input not found: {p}")
-        found = [p] if p.is_file() else [path for path, _ in _scan(p, set())]
+        found = scan_files(p, set())
         if not found and p.is_dir():
             raise FedxrayError(f"no files found in {p}")
         for f in found:
-            real = f.resolve()
+            real = f.real or f.path  # a link loop: kept, decoding reports it as unreadable
             if real not in seen:
                 seen.add(real)
-                out.append(f)
+                out.append(f.path)
     return out
 
 

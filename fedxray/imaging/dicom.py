@@ -14,14 +14,17 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.dataset import FileMetaDataset
+from pydicom.encaps import get_frame
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
 from pydicom.uid import (
     UID,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
+    JPEGExtended12Bit,
 )
 
+from fedxray.imaging.plausibility import is_greyscale
 from fedxray.imaging.skip import SkipImage
 
 RADIOGRAPH_MODALITIES = {"CR", "DX"}
@@ -33,6 +36,29 @@ RADIOGRAPH_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture Image Storage (digitised films)
 }
 MAX_PIXELS = 100_000_000
+# Compressed pixel data that is one JPEG (SOI ... EOI) or JPEG 2000 (SOC ... EOC) codestream
+# per frame: a missing start or end marker means damaged or cut-short data.
+_JPEG_SYNTAXES = {
+    "1.2.840.10008.1.2.4.50",
+    "1.2.840.10008.1.2.4.51",
+    "1.2.840.10008.1.2.4.57",
+    "1.2.840.10008.1.2.4.70",
+    "1.2.840.10008.1.2.4.80",
+    "1.2.840.10008.1.2.4.81",
+}
+_J2K_SYNTAXES = {
+    "1.2.840.10008.1.2.4.90",
+    "1.2.840.10008.1.2.4.91",
+    "1.2.840.10008.1.2.4.92",
+    "1.2.840.10008.1.2.4.93",
+    "1.2.840.10008.1.2.4.201",
+    "1.2.840.10008.1.2.4.202",
+    "1.2.840.10008.1.2.4.203",
+}
+_JPEG_MARKERS = ((b"\xff\xd8",), b"\xff\xd9")
+# A raw JPEG 2000 codestream (SOC, SIZ) or a JP2 file (signature box).
+_J2K_MARKERS = ((b"\xff\x4f\xff\x51", b"\x00\x00\x00\x0cjP  "), b"\xff\xd9")
+_END_WINDOW = 16  # the end marker must be among a frame's last bytes
 _HEADER_ERRORS = (ValueError, TypeError, IndexError, KeyError, AttributeError)
 
 
@@ -43,6 +69,7 @@ class DicomPixels:
     patient_token: str | None
     rows: int
     cols: int
+    photometric: str  # MONOCHROME1 or MONOCHROME2 (anything else was skipped as colour)
 
 
 def read_dicom(path: Path) -> DicomPixels:
@@ -60,6 +87,7 @@ def read_dicom(path: Path) -> DicomPixels:
         patient_token=_patient_token(ds),
         rows=int(arr.shape[0]),
         cols=int(arr.shape[1]),
+        photometric=str(ds.PhotometricInterpretation).strip().upper(),
     )
 
 
@@ -109,7 +137,7 @@ def _check_is_radiograph(ds: pydicom.Dataset, truncated: bool) -> None:
     samples = _int(ds.get("SamplesPerPixel", 1), 1)
     if samples == 1 and not photometric:
         raise SkipImage("unreadable", "DICOM image without Photometric Interpretation")
-    if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
+    if not is_greyscale(photometric, samples):
         raise SkipImage("colour-dicom", f"colour DICOM ({photometric or f'{samples} samples'})")
     rows, cols = _int(ds.get("Rows", 0), 0), _int(ds.get("Columns", 0), 0)
     if rows * cols > MAX_PIXELS:
@@ -145,20 +173,60 @@ def _check_native_length(ds: pydicom.Dataset) -> None:
 
 
 def _undecodable(ds: pydicom.Dataset, ts: UID, error: Exception) -> SkipImage:
+    """Why compressed pixel data did not decode: no codec, damaged data, or a codec gap."""
     bits = _int(ds.get("BitsStored", 0), 0)
     what = f"{ts.name} ({ts}{f', {bits} bits stored' if bits else ''})"
+    convert = "convert it to uncompressed DICOM (e.g. gdcmconv --raw) to use it"
     try:
         available = get_decoder(ts).is_available
     except (NotImplementedError, ValueError):
         available = False
     if not available:
-        msg = f"no decoder installed for transfer syntax {what}"
-    else:
-        msg = f"the installed decoders cannot decode transfer syntax {what}"
+        return SkipImage(
+            "undecodable", f"no decoder installed for transfer syntax {what}; {convert}"
+        )
+    damage = _codestream_damage(ds, ts)
+    if damage is not None:
+        return SkipImage("unreadable", f"damaged pixel data: {damage}")
+    if ts == JPEGExtended12Bit and bits > 8:
+        # pylibjpeg-libjpeg and Pillow both lack 12-bit JPEG Extended: a known gap.
+        return SkipImage(
+            "undecodable", f"the installed decoders cannot decode transfer syntax {what}; {convert}"
+        )
     return SkipImage(
         "undecodable",
-        f"{msg}; convert it to uncompressed DICOM (e.g. gdcmconv --raw) to use it",
+        f"the installed decoders failed on this {what} pixel data: it is damaged, or uses a "
+        f"variant they lack ({_plugin_error(error)}); if other software opens the file, "
+        f"{convert}",
     )
+
+
+def _codestream_damage(ds: pydicom.Dataset, ts: UID) -> str | None:
+    """What is visibly wrong with the first frame's codestream, or None if it looks whole."""
+    if ts in _J2K_SYNTAXES:
+        kind, (starts, end) = "JPEG 2000", _J2K_MARKERS
+    elif ts in _JPEG_SYNTAXES:
+        kind, (starts, end) = "JPEG", _JPEG_MARKERS
+    else:
+        return None
+    try:
+        frame = get_frame(ds.PixelData, 0, number_of_frames=1)
+    except Exception as e:  # pydicom raises several types on broken encapsulation
+        return f"the encapsulated pixel data is broken ({_first_line(e)})"
+    if not frame.startswith(starts):
+        return f"the {kind} codestream does not start with a {kind} header"
+    # Encoders pad after the end marker (0x00 or 0xFF to an even length, sometimes more).
+    # Compressed data never holds the marker itself: JPEG stuffs 0xFF bytes, JPEG 2000
+    # keeps the byte after 0xFF below 0x90.
+    if end not in frame[-_END_WINDOW:]:
+        return f"the {kind} codestream is cut short (its end marker is missing)"
+    return None
+
+
+def _plugin_error(error: Exception) -> str:
+    """The first decoder's own complaint from pydicom's multi-line error."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    return (lines[1] if len(lines) > 1 else _first_line(error))[:160]
 
 
 def _respect_bits_stored(arr: np.ndarray, bits: int) -> np.ndarray:

@@ -11,6 +11,7 @@ import numpy as np
 
 from fedxray.imaging.dicom import read_dicom
 from fedxray.imaging.normalize import to_uint8
+from fedxray.imaging.plausibility import ImageFacts, Verdict, assess
 from fedxray.imaging.raster import read_raster
 from fedxray.imaging.skip import SkipImage
 from fedxray.imaging.sniff import read_head, sniff
@@ -29,6 +30,7 @@ class Radiograph:
     patient_token: str | None  # DICOM PatientID in clear: pseudonymise before storing
     kind: Kind
     source_shape: tuple[int, int]  # rows, columns of the source image
+    plausibility: Verdict  # is it plausibly a radiograph? (prep skips it when not)
 
 
 def check_image_size(image_size: int) -> int:
@@ -41,7 +43,11 @@ def check_image_size(image_size: int) -> int:
 
 
 def load_radiograph(path: str | os.PathLike, image_size: int) -> Radiograph:
-    """Decode a DICOM, PNG or JPEG radiograph, or raise SkipImage saying why not."""
+    """Decode a DICOM, PNG or JPEG radiograph, or raise SkipImage saying why not.
+
+    The plausibility checks run too, but only report: the caller decides (prep skips an
+    implausible image, predict can flag it).
+    """
     check_image_size(image_size)
     path = Path(path)
     try:
@@ -60,8 +66,10 @@ def load_radiograph(path: str | os.PathLike, image_size: int) -> Radiograph:
         if d.values.size == 0:
             raise SkipImage("unreadable", "DICOM image has no pixels")
         pixels = to_uint8(d.values, image_size, invert=d.invert)
-        return Radiograph(pixels, d.patient_token, "dicom", (d.rows, d.cols))
-    values, source = read_raster(path, kind, image_size)
-    if values.size == 0:
+        verdict = assess(d.values, ImageFacts(d.rows, d.cols, photometric=d.photometric))
+        return Radiograph(pixels, d.patient_token, "dicom", (d.rows, d.cols), verdict)
+    r = read_raster(path, kind, image_size)
+    if r.values.size == 0:
         raise SkipImage("unreadable", "image has no pixels")
-    return Radiograph(to_uint8(values, image_size), None, kind, source)
+    verdict = assess(r.values, ImageFacts(r.rows, r.cols, colour_share=r.colour_share))
+    return Radiograph(to_uint8(r.values, image_size), None, kind, (r.rows, r.cols), verdict)

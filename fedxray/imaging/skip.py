@@ -12,6 +12,7 @@ SKIP_REASONS: dict[str, str] = {
     "wrong-modality": "DICOM modality is not a radiograph (CR or DX)",
     "multi-frame": "multi-frame DICOM",
     "colour-dicom": "colour DICOM",
+    "implausible": "not plausibly a radiograph: too small, blank, noise, a gradient or colour",
     "unknown-label": "no label for one of the plan's classes",
     "duplicate": "same pixels as an image already kept",
 }

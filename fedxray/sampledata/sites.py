@@ -38,6 +38,8 @@ class SiteSpec:
     repeat_patients: float = 0.2  # share of patients with a second image
 
 
+WIDTH_RATIO = (0.82, 0.95)  # width / height of a phantom: portrait, like a chest film
+
 # Many small images rather than few large ones: DP-SGD needs hundreds of patients per site
 # to learn anything at epsilon 8, the federation trains at 32-64 px, and the whole folder
 # must stay a few MB. The costlier lossless styles get the smaller weights.
@@ -133,7 +135,7 @@ def generate_site(
     for idx, (label, patient, k) in enumerate(_plan_site(rng, spec, used_ids), start=1):
         style = STYLES[styles[int(rng.choice(len(styles), p=weights))]]
         height = int(rng.integers(spec.rows[0], spec.rows[1] + 1) * style.size_factor)
-        width = int(height * rng.uniform(0.82, 0.95))
+        width = int(height * rng.uniform(*WIDTH_RATIO))
         values = render(rng, label, height, width)
         path = folder / f"img{idx:04d}{style.suffix}"
         study = fake_study(rng, name, spec.institution, patient, k)
