@@ -140,8 +140,14 @@ def test_report_is_json_ready_and_flags_a_bound_above_the_accountant():
                               delta=1e-5, rng=rng, accountant_epsilon=math.inf)  # fmt: skip
     d = json.loads(json.dumps(no_dp.to_dict(), allow_nan=False))
     assert d["accountant_epsilon"] is None and d["accountant_trained_without_dp"] is True
-    assert not no_dp.exceeds_accountant
-    assert no_dp.warnings  # 5 per half: the bound cannot say much, and the report says so
+    assert not no_dp.exceeds_accountant and not no_dp.warnings
+    few = membership_report(rng.normal(size=10), rng.normal(size=10), attack="loss-threshold",
+                            delta=1e-5, rng=rng, accountant_epsilon=8.0)  # fmt: skip
+    # 5 per half: even a perfect attack proves at most log(1 / (1 - 0.025^(1/5))) - log(...)
+    assert few.epsilon.max_possible == pytest.approx(
+        epsilon_from_rates(0.025 ** (1 / 5), 1 - 0.025 ** (1 / 5), 1e-5)
+    )
+    assert few.epsilon.max_possible < 8.0 and "cannot reach" in few.warnings[0]
 
 
 # -- one-run audit ------------------------------------------------------------------------------

@@ -49,7 +49,9 @@ class EpsilonBound:
 
     ``lower`` is the one-sided Clopper-Pearson bound; ``estimate`` the same formula on the raw
     rates of the evaluation half (no confidence attached). Counts are of people (privacy
-    units), on the half the bound was computed on.
+    units), on the half the bound was computed on. ``max_possible`` is what a perfect attack
+    (every member caught, no non-member) would prove with these counts: the audit cannot
+    show more, however much the model leaks.
     """
 
     lower: float
@@ -63,6 +65,7 @@ class EpsilonBound:
     non_members: int
     tpr_lower: float
     fpr_upper: float
+    max_possible: float
     selection: str = SELECTION
 
     def to_dict(self) -> dict:
@@ -109,6 +112,7 @@ def epsilon_lower_bound(
             lower=0.0, estimate=0.0, confidence=confidence, delta=delta, threshold=None,
             true_positives=0, members=len(member) // 2,
             false_positives=0, non_members=len(non) // 2, tpr_lower=0.0, fpr_upper=1.0,
+            max_possible=0.0,
         )  # fmt: skip
     m_pick, m_eval = _halves(member, rng)
     n_pick, n_eval = _halves(non, rng)
@@ -125,6 +129,9 @@ def epsilon_lower_bound(
         x[0] for x in _bounds_at(m_eval, n_eval, np.array([threshold]), alpha)
     )
     lower = float(epsilon_from_rates(tpr_lo, fpr_hi, delta))
+    all_caught = clopper_pearson_lower(len(m_eval), len(m_eval), alpha / 2)
+    none_wrong = clopper_pearson_upper(0, len(n_eval), alpha / 2)
+    perfect = epsilon_from_rates(all_caught, none_wrong, delta)
     estimate = float(epsilon_from_rates(tp / len(m_eval), fp / len(n_eval), delta))
     return EpsilonBound(
         lower=lower,
@@ -138,6 +145,7 @@ def epsilon_lower_bound(
         non_members=len(n_eval),
         tpr_lower=float(tpr_lo),
         fpr_upper=float(fpr_hi),
+        max_possible=float(perfect),
     )
 
 

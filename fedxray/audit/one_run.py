@@ -117,7 +117,10 @@ class GuessOutcome:
 
 @dataclass(frozen=True)
 class OneRunResult:
-    """The best of the tried guess counts; each was tested at beta / len(tried)."""
+    """The best of the tried guess counts; each was tested at beta / len(tried).
+
+    ``max_possible``: the bound if every guess were right (the most these canaries can show).
+    """
 
     canaries: int
     included: int
@@ -127,6 +130,7 @@ class OneRunResult:
     epsilon_lower: float
     confidence: float
     delta: float
+    max_possible: float  # the bound if every guess of the best-placed count were right
     tried: list[GuessOutcome] = field(default_factory=list)
 
     @property
@@ -166,6 +170,9 @@ def one_run_audit(
         eps = epsilon_lower_bound(m, int(k_plus + k_minus), v, delta=delta, beta=beta)
         tried.append(GuessOutcome(int(k_plus), int(k_minus), v, eps))
     best = max(tried, key=lambda t: (t.epsilon_lower, t.correct / max(t.k_plus + t.k_minus, 1)))
+    perfect = max(
+        epsilon_lower_bound(m, k1 + k2, k1 + k2, delta=delta, beta=beta) for k1, k2 in pairs
+    )
     return OneRunResult(
         canaries=m,
         included=int((truth == 1).sum()),
@@ -175,5 +182,6 @@ def one_run_audit(
         epsilon_lower=best.epsilon_lower,
         confidence=confidence,
         delta=delta,
+        max_possible=perfect,
         tried=tried,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 
@@ -40,13 +41,15 @@ def membership_report(
     """The report from one score per member and per non-member unit (pure: no model)."""
     member = np.asarray(member_scores, dtype=np.float64)
     non = np.asarray(non_member_scores, dtype=np.float64)
+    bound = epsilon_lower_bound(member, non, delta=delta, confidence=confidence, rng=rng)
     warnings = []
-    smallest = min(len(member), len(non)) // 2
-    if smallest < 50:
+    finite = accountant_epsilon is not None and math.isfinite(accountant_epsilon)
+    if finite and bound.max_possible < accountant_epsilon:
         warnings.append(
-            f"only {smallest} members or non-members in the half the bound is computed on: "
-            "the epsilon lower bound is weak (it cannot exceed about "
-            f"{_max_bound(smallest, confidence, delta):.2f})"
+            f"with {bound.members} members and {bound.non_members} non-members in the half the "
+            f"bound is computed on, even a perfect attack could only show epsilon >= "
+            f"{bound.max_possible:.2f}: this audit cannot reach the accountant's "
+            f"{accountant_epsilon:.3g}"
         )
     return AuditReport(
         attack=attack,
@@ -54,23 +57,13 @@ def membership_report(
         non_members=len(non),
         auc=attack_auc(member, non),
         tpr_at_fpr=tpr_at_fpr(member, non, fprs),
-        epsilon=epsilon_lower_bound(member, non, delta=delta, confidence=confidence, rng=rng),
+        epsilon=bound,
         accountant_epsilon=accountant_epsilon,
         accountant_delta=delta,
         reference_models=reference_models,
         seconds=seconds,
         warnings=warnings,
     )
-
-
-def _max_bound(n: int, confidence: float, delta: float) -> float:
-    """The bound a perfect attack reaches with n members and n non-members per half."""
-    from fedxray.audit.hypothesis import epsilon_from_rates
-
-    if n < 1:
-        return 0.0
-    a = (1 - confidence) / 2
-    return float(epsilon_from_rates(a ** (1 / n), 1 - a ** (1 / n), delta))
 
 
 def _units(shard: Shard, tag: str) -> np.ndarray:
