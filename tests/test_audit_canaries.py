@@ -132,7 +132,7 @@ def test_reference_models_train_on_non_members_only_and_leave_each_out_half_the_
 
     images = np.concatenate([members.images, non.images])
     units = np.concatenate([members.patients, non.patients])
-    logits, out = reference_logits(trainer, non, images, units, n_models=6,
+    logits, out = reference_logits(trainer, non, non.patients, images, units, n_models=6,
                                    rng=np.random.default_rng(0))  # fmt: skip
     assert logits.shape == (6, len(images), 3) and out.shape == (6, len(images))
     assert all(p.startswith("n") for s in seen for p in s)
@@ -143,6 +143,27 @@ def test_reference_models_train_on_non_members_only_and_leave_each_out_half_the_
     assert (out[:, ~is_member].sum(axis=0) == 3).all()  # OUT of exactly half the models
     for r, s in enumerate(seen):  # OUT exactly where the model did not train on the patient
         assert (out[r] == ~np.isin(units, list(s))).all()
+
+
+def test_reference_models_without_patient_ids_use_the_callers_unit_names():
+    members, non = shard(patients=False), shard(n_patients=10, patients=False, seed=1)
+    trained = []
+
+    def trainer(train: Shard, seed: int) -> nn.Module:
+        trained.append({bytes(img) for img in train.images})
+        return Echo()
+
+    non_units = np.array([f"non-member:img{i}" for i in range(len(non))])
+    units = np.concatenate([[f"member:img{i}" for i in range(len(members))], non_units])
+    images = np.concatenate([members.images, non.images])
+    _, out = reference_logits(trainer, non, non_units, images, units, n_models=2,
+                              rng=np.random.default_rng(1))  # fmt: skip
+    for r in range(2):  # IN exactly for the images that model r trained on
+        was_trained = np.array([bytes(img) in trained[r] for img in images])
+        assert (out[r] == ~was_trained).all() and was_trained.sum() == 10
+    rep = audit_membership(Echo(), members, non, delta=1e-5, attack="lira-offline",
+                           trainer=trainer, reference_models=2, seed=0)  # fmt: skip
+    assert rep.members == len(members) and rep.non_members == len(non)
 
 
 def test_audit_membership_refuses_bad_inputs():

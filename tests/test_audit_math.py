@@ -174,6 +174,13 @@ def test_one_run_all_correct_closed_form():
     assert got == pytest.approx(want, abs=1e-6)
     assert one_run.epsilon_lower_bound(1000, r, r, delta=1e-4, beta=beta) < got
     assert one_run.epsilon_lower_bound(1000, r, r // 2, delta=0.0, beta=beta) == 0.0
+    # Scores that give every canary away: every tried count is all right, and the best of
+    # them is the ceiling the report gives (tested at beta / 5, so below the single-count one).
+    coins = np.arange(200) % 2 == 0
+    res = one_run.one_run_audit(coins.astype(float), coins, delta=0.0, confidence=1 - beta)
+    assert all(t.correct == t.k_plus + t.k_minus for t in res.tried)
+    assert res.epsilon_lower == res.max_possible > 0
+    assert res.epsilon_lower < one_run.epsilon_lower_bound(200, 200, 200, delta=0.0, beta=beta)
 
 
 def test_guesses_take_the_extremes_and_abstain_in_between():

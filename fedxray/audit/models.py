@@ -21,7 +21,7 @@ from torch import nn
 from fedxray.data.shard import Shard
 from fedxray.evaluation.inference import images_to_tensor, resolve_device
 from fedxray.models.registry import build_model, load_numpy_state
-from fedxray.simulation.split import patient_keys, subset
+from fedxray.simulation.split import subset
 from fedxray.training.settings import TrainSettings
 
 Trainer = Callable[[Shard, int], nn.Module]
@@ -90,6 +90,7 @@ class FedxrayTrainer:
 def reference_logits(
     trainer: Trainer,
     non_members: Shard,
+    non_member_units: np.ndarray,
     images: np.ndarray,
     units: np.ndarray,
     *,
@@ -102,12 +103,15 @@ def reference_logits(
     """(logits [R, N, C], out_mask [R, N]) of ``n_models`` reference models on ``images``.
 
     Models come in pairs trained on complementary random halves of the non-member patients,
-    so each non-member is left OUT of exactly half of the models (Carlini et al.'s design);
-    ``units`` [N] names each image's patient, to know which models trained on it.
+    so each non-member is left OUT of exactly half of the models (Carlini et al.'s design).
+    ``non_member_units`` names the patient of each non-member image, ``units`` [N] that of
+    each image in ``images``, in the same naming: a model trained on a patient is IN for them.
     """
     if n_models < 1:
         raise ValueError("need at least one reference model")
-    keys = patient_keys(non_members).astype(str)
+    keys = np.asarray(non_member_units).astype(str)
+    if keys.shape != (len(non_members),):
+        raise ValueError("need one unit name per non-member image")
     patients = np.unique(keys)
     if len(patients) < 2:
         raise ValueError("need at least two non-member patients to train reference models")

@@ -121,7 +121,7 @@ def audit_membership(
         n_ref = 0
     else:
         ref, out_mask = reference_logits(
-            trainer, non_members, images, units, n_models=reference_models, rng=rng,
+            trainer, non_members, n_units, images, units, n_models=reference_models, rng=rng,
             channels=channels, device=device, progress=progress,
         )  # fmt: skip
         ref_phi = np.stack([lira.logit_confidence(r, labels) for r in ref])
