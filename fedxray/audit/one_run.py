@@ -22,6 +22,7 @@ tested at beta / (number of candidates) (Bonferroni), and the best bound is repo
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ def p_value(m: int, r: int, v: int, epsilon, delta: float):
     return np.minimum(p, 1.0) if p.ndim else min(float(p), 1.0)
 
 
+@functools.lru_cache(maxsize=4096)  # pure; audits ask for the same ceilings again and again
 def epsilon_lower_bound(m: int, r: int, v: int, *, delta: float, beta: float) -> float:
     """Largest eps (to ~1e-10) whose (eps, delta)-DP claim has p-value <= beta; 0 if none."""
     if not 0 < beta < 1:
@@ -64,7 +66,9 @@ def epsilon_lower_bound(m: int, r: int, v: int, *, delta: float, beta: float) ->
     # p -> 1 as eps grows while v <= r; this top is far beyond any bound r guesses can give.
     top = 2.0 * math.log(r + 2) + 10.0
     grid = np.arange(0.0, top + _GRID_STEP, _GRID_STEP)
-    ok = p_value(m, r, v, grid, delta) <= beta
+    # p >= the binomial tail, so only where the tail is <= beta can p be: skip the rest.
+    ok = binomial.tail(v, r, special.expit(grid)) <= beta
+    ok[ok] = p_value(m, r, v, grid[ok], delta) <= beta
     if not ok.any():
         return 0.0
     last = int(np.flatnonzero(ok)[-1])
