@@ -8,8 +8,8 @@ offline one (USB disk, DVD), then there:
     python3 -m venv .venv && .venv/bin/pip install --no-index --find-links WHEELHOUSE fedxray
 
 The wheels must match the offline machine: give its Python version and platform tag when they
-differ from this machine's (`python3 -c 'import sysconfig; print(sysconfig.get_platform())'`
-there gives e.g. linux-x86_64; glibc 2.28 or newer takes manylinux_2_28_x86_64).
+differ from this machine's. On Linux the tag names the offline machine's glibc (`ldd --version`
+there): glibc 2.34 on x86_64 takes manylinux_2_34_x86_64, and the older tags are added here.
 Only wheels are taken (never source archives), so nothing is compiled on the offline machine.
 See README.md, "Offline install".
 """
@@ -19,10 +19,12 @@ from __future__ import annotations
 import argparse
 import email.parser
 import hashlib
+import platform
 import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import tomllib
 import zipfile
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     write_install_note(out, project, args)
     wheels = sorted(out.glob("*.whl"))
     size = sum(w.stat().st_size for w in wheels)
-    print(f"{out}: {len(wheels)} wheels, {size / 1e6:,.0f} MB", file=sys.stderr)
+    print(f"{out}: {len(wheels)} wheels, {size / 1e6:,.0f} MB; see INSTALL.txt", file=sys.stderr)
     return 0
 
 
@@ -72,8 +74,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--cpu",
         action="store_true",
-        help="torch and torchvision from PyTorch's CPU-only index (x86_64 Linux, Windows): "
-        "about 5 GB smaller, no GPU",
+        help="torch and torchvision from PyTorch's CPU-only index (x86_64 Linux): "
+        "about 0.3 GB to carry instead of 3.1 GB, no GPU",
     )
     p.add_argument("--torch-index", default=CPU_TORCH_INDEX, help="index used by --cpu")
     p.add_argument(
@@ -193,16 +195,18 @@ def write_checksums(out: Path) -> None:
 
 
 def write_install_note(out: Path, project: Path, args: argparse.Namespace) -> None:
-    target = args.python_version or f"{sys.version_info.major}.{sys.version_info.minor}"
-    platforms = ", ".join(args.platform) or "this machine's"
+    python = args.python_version or f"{sys.version_info.major}.{sys.version_info.minor}"
+    libc = " ".join(platform.libc_ver())
+    where = ", ".join(args.platform) or f"{sysconfig.get_platform()} {libc} (the building machine)"
     what = f"fedxray[{args.extras}]" if args.extras else "fedxray"
+    contents = "alone" if args.project_only else "and its dependencies"
+    contents += " (CPU-only torch)" if args.cpu else ""
     (out / "INSTALL.txt").write_text(
-        f"{project.name}: wheels for Python {target}, platform {platforms}"
-        f"{', CPU-only torch' if args.cpu else ''}"
-        f"{' (fedxray only, no dependencies)' if args.project_only else ''}.\n\n"
+        f"{project.name} {contents}\n"
+        f"for Python {python} on {where}.\n\n"
         "On the offline machine, with this folder at WHEELHOUSE:\n\n"
         "    (cd WHEELHOUSE && sha256sum -c --quiet SHA256SUMS)\n"
-        f"    python3 -m venv .venv && .venv/bin/pip install --no-index --find-links WHEELHOUSE "
+        "    python3 -m venv .venv && .venv/bin/pip install --no-index --find-links WHEELHOUSE "
         f"'{what}'\n"
     )
 
