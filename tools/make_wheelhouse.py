@@ -37,6 +37,17 @@ TORCH_PACKAGES = ("torch", "torchvision")
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        build(args)
+    except subprocess.CalledProcessError as e:
+        print(
+            f"error: pip failed (exit status {e.returncode}); its message is above", file=sys.stderr
+        )
+        return 1
+    return 0
+
+
+def build(args: argparse.Namespace) -> None:
     out = args.wheelhouse.resolve()
     out.mkdir(parents=True, exist_ok=True)
     project = build_project_wheel(out, args.no_build_isolation)
@@ -54,12 +65,16 @@ def main(argv: list[str] | None = None) -> int:
     wheels = sorted(out.glob("*.whl"))
     size = sum(w.stat().st_size for w in wheels)
     print(f"{out}: {len(wheels)} wheels, {size / 1e6:,.0f} MB; see INSTALL.txt", file=sys.stderr)
-    return 0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("wheelhouse", type=Path, help="folder for the wheels (created if missing)")
+    p.add_argument(
+        "wheelhouse",
+        type=Path,
+        help="folder for the wheels (created if missing; one folder per target: a rerun with "
+        "the same options resumes)",
+    )
     p.add_argument("--python-version", help="offline machine's Python, e.g. 3.11 (default: this)")
     p.add_argument(
         "--platform",
@@ -173,14 +188,13 @@ def download_dependencies(
     project: Path, out: Path, target: list[str], extras: str, constraints: list[str]
 ) -> None:
     spec = f"{project}[{extras}]" if extras else str(project)
-    extra: list[str] = []
-    if constraints:
-        pins = out / ".torch-pins.txt"
-        pins.write_text("\n".join(constraints) + "\n")
-        extra = ["-c", str(pins), "--find-links", str(out)]
-    pip("download", "-d", str(out), *target, *extra, spec)
-    if constraints:
-        pins.unlink()
+    with tempfile.TemporaryDirectory() as tmp:
+        extra: list[str] = []
+        if constraints:
+            pins = Path(tmp) / "torch-pins.txt"
+            pins.write_text("\n".join(constraints) + "\n")
+            extra = ["-c", str(pins), "--find-links", str(out)]
+        pip("download", "-d", str(out), *target, *extra, spec)
 
 
 def write_checksums(out: Path) -> None:
