@@ -4,6 +4,6 @@
 . "$(dirname "$0")/common.sh"
 SITE=$1
 mkdir -p "$WORK/$SITE"
-$FEDXRAY keygen "$SITE" -o "$WORK/$SITE" -q
+fedxray keygen "$SITE" -o "$WORK/$SITE" -q
 carry "$WORK/$SITE/$SITE.pub"            # -> coordinator; read the fingerprint to them by phone
-$FEDXRAY inspect "$WORK/$SITE/$SITE.pub" --json | grep -q '"kind": "card"'
+fedxray inspect "$WORK/$SITE/$SITE.pub" --json | grep -q '"kind": "card"'

@@ -5,5 +5,5 @@
 cards=()
 while [ $# -gt 0 ] && [ "$1" != "--" ]; do cards+=("$USB/$1"); shift; done
 [ "${1:-}" = "--" ] && shift
-$FEDXRAY init --name "$FED" -o "$COORD" -q "${cards[@]}" "$@"
+fedxray init --name "$FED" -o "$COORD" -q "${cards[@]}" "$@"
 carry "$COORD/$FED.plan" "$COORD/round-0001.model"     # -> every site

@@ -6,5 +6,5 @@ SITE=$1 DATA=$2
 S="$WORK/$SITE"
 cp "$USB/$FED.plan" "$S/"
 # Compare the printed coordinator fingerprint with the one the coordinator reads out by phone.
-$FEDXRAY verify "$S/$FED.plan" --key "$S/$SITE.key" -q
-$FEDXRAY prep "$DATA" -o "$S/$SITE.shard" --plan "$S/$FED.plan" --key "$S/$SITE.key" -q
+fedxray verify "$S/$FED.plan" --key "$S/$SITE.key" -q
+fedxray prep "$DATA" -o "$S/$SITE.shard" --plan "$S/$FED.plan" --key "$S/$SITE.key" -q

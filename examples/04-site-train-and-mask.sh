@@ -5,8 +5,8 @@
 SITE=$1 R=$(printf %04d "$2")
 S="$WORK/$SITE"
 cp "$USB/round-$R.model" "$S/"
-$FEDXRAY train-local "$S/round-$R.model" --data "$S/$SITE.shard" --plan "$S/$FED.plan" \
+fedxray train-local "$S/round-$R.model" --data "$S/$SITE.shard" --plan "$S/$FED.plan" \
     --key "$S/$SITE.key" -o "$S/$SITE-round-$R.update" -q
-$FEDXRAY mask "$S/$SITE-round-$R.update" --plan "$S/$FED.plan" --key "$S/$SITE.key" \
+fedxray mask "$S/$SITE-round-$R.update" --plan "$S/$FED.plan" --key "$S/$SITE.key" \
     -o "$S/$SITE-round-$R.masked" -q
 carry "$S/$SITE-round-$R.masked"          # -> coordinator (the .update stays here)

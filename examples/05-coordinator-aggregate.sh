@@ -5,7 +5,7 @@
 # Usage: WORK=... 05-coordinator-aggregate.sh ROUND
 . "$(dirname "$0")/common.sh"
 R=$(printf %04d "$1")
-$FEDXRAY aggregate "$USB"/*-round-"$R".masked --plan "$COORD/$FED.plan" \
+fedxray aggregate "$USB"/*-round-"$R".masked --plan "$COORD/$FED.plan" \
     --key "$COORD/coordinator.key" -o "$COORD/round-$R.sum" \
     --closure "$COORD/round-$R.closure" -q
 if [ -f "$COORD/round-$R.closure" ]; then

@@ -5,6 +5,6 @@
 SITE=$1 R=$(printf %04d "$2")
 S="$WORK/$SITE"
 cp "$USB/round-$R.closure" "$S/"
-$FEDXRAY reveal "$S/round-$R.closure" --plan "$S/$FED.plan" --key "$S/$SITE.key" \
+fedxray reveal "$S/round-$R.closure" --plan "$S/$FED.plan" --key "$S/$SITE.key" \
     -o "$S/$SITE-round-$R.reveal" -q
 carry "$S/$SITE-round-$R.reveal"          # -> coordinator

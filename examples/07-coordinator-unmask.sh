@@ -6,8 +6,8 @@ R=$1
 CUR=$(printf %04d "$R") NEXT=$(printf %04d $((R + 1)))
 reveals=()
 for f in "$USB"/*-round-"$CUR".reveal; do [ -e "$f" ] && reveals+=("$f"); done
-$FEDXRAY unmask "$COORD/round-$CUR.sum" ${reveals[@]+"${reveals[@]}"} --plan "$COORD/$FED.plan" \
+fedxray unmask "$COORD/round-$CUR.sum" ${reveals[@]+"${reveals[@]}"} --plan "$COORD/$FED.plan" \
     --key "$COORD/coordinator.key" --model "$COORD/round-$CUR.model" \
     -o "$COORD/round-$NEXT.model" -q
-$FEDXRAY verify "$COORD/round-$NEXT.model" --plan "$COORD/$FED.plan" -q
+fedxray verify "$COORD/round-$NEXT.model" --plan "$COORD/$FED.plan" -q
 carry "$COORD/round-$NEXT.model"          # -> every site

@@ -5,7 +5,7 @@
 SITE=$1 R=$(printf %04d "$2") DATA=$3
 S="$WORK/$SITE"
 cp "$USB/round-$R.model" "$S/"
-$FEDXRAY prep "$DATA" -o "$S/test.shard" --plan "$S/$FED.plan" --key "$S/$SITE.key" -q --force
-$FEDXRAY evaluate "$S/round-$R.model" "$S/test.shard" --plan "$S/$FED.plan" --bootstrap 200 \
+fedxray prep "$DATA" -o "$S/test.shard" --plan "$S/$FED.plan" --key "$S/$SITE.key" -q --force
+fedxray evaluate "$S/round-$R.model" "$S/test.shard" --plan "$S/$FED.plan" --bootstrap 200 \
     --json > "$S/evaluation-round-$R.json"
-$FEDXRAY privacy "$S/$SITE-$FED.ledger"
+fedxray privacy "$S/$SITE-$FED.ledger"

@@ -4,7 +4,9 @@
 # arrives, so the coordinator sends a closure and the two survivors reveal (second trip).
 #
 # Usage: WORK=/tmp/fedxray-demo examples/demo-offline.sh
-# Tiny settings by default so that it runs in a few minutes on a laptop.
+# No venv to activate: see common.sh for how the scripts find fedxray (FEDXRAY, PYTHON).
+# Small settings by default so that it runs in a few minutes on a laptop; IMAGE_SIZE and
+# LOCAL_EPOCHS change them.
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/common.sh"
 DATA=${DATA:-$HERE/../sample_data}
@@ -15,7 +17,8 @@ for s in $SITES; do "$HERE/01-site-keygen.sh" "$s"; done
 # recover the other's update from the next model, and only DP protects it. Real federations
 # that expect dropouts should have more sites instead.
 "$HERE/02-coordinator-init.sh" hospital-a.pub hospital-b.pub hospital-c.pub -- \
-    --model tinycnn --rounds 2 --local-epochs 1 --image-size ${IMAGE_SIZE:-32} --min-sites 2
+    --model tinycnn --rounds 2 --local-epochs "${LOCAL_EPOCHS:-8}" --image-size "${IMAGE_SIZE:-32}" \
+    --min-sites 2
 for s in $SITES; do "$HERE/03-site-prep.sh" "$s" "$DATA/$s"; done
 
 # Round 1, no dropout: one trip.
