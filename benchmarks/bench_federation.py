@@ -46,13 +46,13 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from fedxray.data.labels import DEFAULT_CLASSES  # noqa: E402
 from fedxray.data.prep import prepare  # noqa: E402
 from fedxray.data.shard import Shard  # noqa: E402
 from fedxray.data.shard_io import read_shard, write_shard  # noqa: E402
 from fedxray.evaluation.inference import predict_proba  # noqa: E402
 from fedxray.evaluation.report import evaluate  # noqa: E402
 from fedxray.models.registry import build_model, load_numpy_state, state_to_numpy  # noqa: E402
+from fedxray.settings import DEFAULT_CLASSES  # noqa: E402
 from fedxray.simulation.runner import Simulation, SimulationConfig  # noqa: E402
 from fedxray.simulation.split import holdout_split, patient_keys, split_sites  # noqa: E402
 from fedxray.training.loop import train_round  # noqa: E402
@@ -235,7 +235,7 @@ def run_federated(parts: list[Shard], held: Shard, args, dp: bool, out: Path) ->
         local_epochs=args.local_epochs,
         dp=dp,
         seed=args.seed,
-        arch=args.arch,
+        model=args.arch,
         image_size=args.image_size,
         epsilon=args.epsilon,
         delta=args.delta,

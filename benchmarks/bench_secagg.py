@@ -47,7 +47,8 @@ def _threads() -> None:
 
 def _plan(arch: str, n_sites: int):
     from fedxray import keys
-    from fedxray.plan import create_plan, make_settings, plan_from_bytes
+    from fedxray.plan import create_plan, plan_from_bytes
+    from fedxray.settings import make_settings
 
     coord = keys.generate("coordinator")
     sites = [keys.generate(f"site{i:02d}") for i in range(n_sites)]
@@ -73,7 +74,7 @@ def _update(plan, site, rng):
         meta=meta,
         tensors=tensors,
         signer=site,
-    )
+    ).data
 
 
 def _timeit(fn, reps: int) -> list[float]:
@@ -86,10 +87,10 @@ def _timeit(fn, reps: int) -> list[float]:
 
 
 def bench_mask(arch: str, n_sites: int, reps: int) -> list[tuple[str, str]]:
-    from fedxray.artifact import load_artifact
     from fedxray.secagg import pairwise, prg, protocol
     from fedxray.secagg.accumulate import CONTROL
     from fedxray.secagg.fixedpoint import encode_into
+    from fedxray.verification import load_artifact
 
     plan, _, _, sites = _plan(arch, n_sites)
     params, layout = protocol.plan_params(plan), protocol.plan_layout(plan)
@@ -257,7 +258,7 @@ def _write_masked_inputs(arch: str, n_inputs: int, folder: Path) -> tuple[int, i
             meta={"plan": plan.digest, "strict": False, "report": {"epsilon": 2.0}},
             tensors=layout.views(flat),
             signer=site,
-        )
+        ).data
         (folder / f"{i:03d}.masked").write_bytes(data)
         total += len(data)
     return total, layout.size * 8

@@ -9,10 +9,12 @@ from pathlib import Path
 import numpy as np
 
 from fedxray import keys
+from fedxray.cards import card_bytes
 from fedxray.errors import FedxrayError
 from fedxray.fsio import check_writable, read_input, write_atomic
 from fedxray.modelfile import build_model_artifact, model_filename
-from fedxray.plan import card_bytes, create_plan, plan_from_bytes
+from fedxray.plan import create_plan, plan_from_bytes
+from fedxray.settings import FederationSettings
 
 COORDINATOR = "coordinator"
 
@@ -101,14 +103,14 @@ def initialise(
     name: str,
     out_dir: Path,
     site_card_files: list[Path],
-    settings: dict,
+    settings: FederationSettings,
     *,
     init_weights: Path | None = None,
     seed: int | None = None,
     force: bool = False,
 ) -> InitResult:
+    from fedxray.cards import card_from_bytes
     from fedxray.models.registry import build_model, state_to_numpy
-    from fedxray.plan import card_from_bytes
 
     keys.check_name(name)
     if not site_card_files:
@@ -124,10 +126,8 @@ def initialise(
     plan_data = create_plan(name, ident, sites, settings)
     plan = plan_from_bytes(plan_data)
 
-    m = plan.model
-    model = build_model(
-        m["arch"], m["image_size"], len(plan.classes), m.get("in_channels", 1), seed=seed
-    )
+    m = plan.settings.model
+    model = build_model(m.arch, m.image_size, len(plan.settings.classes), m.in_channels, seed=seed)
     weights = state_to_numpy(model)
     pretrained = None
     if init_weights is not None:
@@ -138,7 +138,7 @@ def initialise(
         "init": "pretrained" if pretrained else "random",
         "pretrained": pretrained,
     }
-    model_data = build_model_artifact(
+    model = build_model_artifact(
         plan,
         round_number=1,
         weights=weights,
@@ -147,10 +147,8 @@ def initialise(
         signer=ident,
     )
     # The plan goes last: a half-finished init never leaves a plan without its model.
-    write_atomic(model_path, model_data, force=force)
+    write_atomic(model_path, model.data, force=force)
     write_atomic(plan_path, plan_data, force=force)
-    from fedxray.plan import settings_warnings
-
     return InitResult(
         plan_path,
         model_path,
@@ -159,5 +157,5 @@ def initialise(
         created,
         plan.summary(),
         pretrained,
-        settings_warnings(plan.settings),
+        plan.settings.warnings(),
     )

@@ -6,9 +6,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedxray.artifact import KINDS, load_artifact, parse_unverified
+from fedxray.artifact import KINDS, parse_unverified, read_header
 from fedxray.errors import FedxrayError, VerificationError
 from fedxray.keys import KEY_FORMAT
+from fedxray.verification import load_artifact
 
 SUFFIX_KIND = {suffix: kind for kind, suffix in KINDS.items()}
 
@@ -57,8 +58,9 @@ def verify_file(
     fingerprint: str | None = None,
 ) -> Verdict:
     """Check signature and provenance; raises VerificationError with the reason on failure."""
+    from fedxray.cards import card_from_bytes
     from fedxray.modelfile import load_model_artifact
-    from fedxray.plan import card_from_bytes, plan_from_bytes
+    from fedxray.plan import plan_from_bytes
 
     what = Path(path).name if path != "-" else "standard input"
     kind = kind or expected_kind(path)
@@ -90,7 +92,7 @@ def verify_file(
         )
     plan = plan_from_bytes(plan_data, "plan")
     if kind is None:
-        kind = parse_unverified(data, what)[0].header.kind
+        kind = read_header(data, what).kind
     if kind == "model":
         art = load_model_artifact(data, plan, round_number=round_number, what=what)
     else:

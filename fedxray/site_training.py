@@ -23,26 +23,6 @@ def default_ledger_path(key_path: str | os.PathLike, plan: Plan) -> Path:
     return key_path.with_name(f"{key_path.stem}-{plan.name}.ledger")
 
 
-def settings_from_plan(plan: Plan, local_epsilon_cap: float | None = None) -> TrainSettings:
-    t, dp, m = plan.training, plan.dp, plan.model
-    return TrainSettings(
-        arch=m["arch"],
-        image_size=int(m["image_size"]),
-        classes=tuple(plan.classes),
-        local_epochs=int(t["local_epochs"]),
-        rounds=int(t["rounds"]),
-        batch_size=int(t["batch_size"]),
-        lr=float(t["lr"]),
-        momentum=float(t.get("momentum", 0.9)),
-        weight_decay=float(t.get("weight_decay", 0.0)),
-        optimizer=str(t.get("optimizer", "sgd")),
-        target_epsilon=float(dp["epsilon"]),
-        delta=float(dp["delta"]),
-        max_grad_norm=float(dp["max_grad_norm"]),
-        local_epsilon_cap=local_epsilon_cap,
-    )
-
-
 @dataclass
 class LocalRound:
     update: bytes
@@ -86,20 +66,20 @@ def train_local(
     plan.require_site(key)
     model = load_model_artifact(model_bytes, plan, what="global model")
     r = model.header.round
-    rounds = int(plan.training["rounds"])
+    rounds = plan.settings.training.rounds
     if not 1 <= r <= rounds:
         raise ProtocolRefusal(f"the global model is for round {r}; the plan has {rounds} rounds")
-    if not dp and not plan.dp.get("allow_no_dp", False):
+    if not dp and not plan.settings.dp.allow_no_dp:
         raise ProtocolRefusal(
             "the plan forbids non-private updates (--no-dp)",
             hint="the coordinator must create the federation with --allow-no-dp",
         )
     if local_epsilon_cap is not None and local_epsilon_cap <= 0:
-        raise FedxrayError("--max-epsilon must be positive")
+        raise FedxrayError("the local epsilon cap must be positive")
     shard = read_shard(shard_path)
     if checkpoint_dir is not None:
         Path(checkpoint_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
-    settings = settings_from_plan(plan, local_epsilon_cap)
+    settings = TrainSettings.from_plan(plan.settings, local_epsilon_cap)
     result = train_round(
         dict(model.tensors),
         shard,
@@ -133,5 +113,5 @@ def train_local(
         meta=meta,
         tensors=result.delta,
         signer=key,
-    )
+    ).data
     return LocalRound(update, result, r)

@@ -22,7 +22,8 @@ from fedxray.evaluation import evaluate
 from fedxray.evaluation.inference import predict_proba
 from fedxray.modelfile import build_model_artifact
 from fedxray.models.registry import build_model, load_numpy_state, state_to_numpy
-from fedxray.plan import create_plan, make_settings, plan_from_bytes
+from fedxray.plan import create_plan, plan_from_bytes
+from fedxray.settings import make_settings
 from tests.cli_helpers import run_cli
 
 CLASSES = ["normal", "bacterial", "viral"]
@@ -46,7 +47,7 @@ def _federation(folder, seed=0):
     weights = state_to_numpy(build_model("smallcnn", SIZE, len(CLASSES), seed=seed))
     model_bytes = build_model_artifact(
         plan, round_number=1, weights=weights, parent=plan.digest, provenance={}, signer=coord
-    )
+    ).data
     return plan, plan_bytes, model_bytes, sites[0]
 
 

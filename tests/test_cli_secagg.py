@@ -7,10 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from fedxray.artifact import build_artifact, load_artifact, parse_unverified
+from fedxray.artifact import build_artifact, parse_unverified
 from fedxray.errors import EXIT_ERROR, EXIT_REFUSED, EXIT_VERIFY
 from fedxray.keys import generate, load_private_key
 from fedxray.plan import load_plan
+from fedxray.verification import load_artifact
 from tests.cli_helpers import run_cli
 
 SITES = ("hosp-a", "hosp-b", "hosp-c")
@@ -68,7 +69,7 @@ class Fed:
             },
             tensors=deltas,
             signer=load_private_key(self.key(site)),
-        )
+        ).data
         path = self.root / site / (name or f"{site}-round-{r:04d}.update")
         path.write_bytes(data)
         return path
@@ -199,7 +200,7 @@ def test_mask_once_per_round_and_outputs(fed):
             meta=art.header.meta,
             tensors={k: np.full(v.shape, 9.0, np.float32) for k, v in art.tensors.items()},
             signer=load_private_key(fed.key("hosp-b")),
-        )
+        ).data
     )
     r = fed.cli("mask", big, key=fed.key("hosp-b"))
     assert r.code == 0 and "warning:" in r.err and "clipped to the plan's range ±4" in r.err
@@ -234,7 +235,7 @@ def test_aggregate_rejections(fed, tmp_path):
             meta=h.meta,
             tensors=art.tensors,
             signer=mallory,
-        )
+        ).data
     )
     r = fed.cli("aggregate", *ok[:2], fake, *sink)
     assert r.code == EXIT_VERIFY and "not a member" in r.err
@@ -279,7 +280,7 @@ def test_reveal_needs_a_valid_closure(fed, tmp_path):
         meta=art.header.meta,
         tensors={},
         signer=load_private_key(fed.key("hosp-b")),
-    )
+    ).data
     (tmp_path / "forged.closure").write_bytes(forged)
     r = fed.cli("reveal", tmp_path / "forged.closure", *out, key=key)
     assert r.code == EXIT_VERIFY and "expected coordinator" in r.err

@@ -6,14 +6,16 @@ import numpy as np
 import pytest
 
 from fedxray import keys
-from fedxray.artifact import build_artifact, load_artifact
+from fedxray.artifact import build_artifact
 from fedxray.errors import FedxrayError, ProtocolRefusal, VerificationError
 from fedxray.modelfile import build_model_artifact, load_model_artifact
-from fedxray.plan import create_plan, make_settings, plan_from_bytes
+from fedxray.plan import create_plan, plan_from_bytes
 from fedxray.secagg import protocol
 from fedxray.secagg.accumulate import CONTROL
 from fedxray.secagg.pairwise import removal_streams
 from fedxray.secagg.prg import add_streams
+from fedxray.settings import make_settings
+from fedxray.verification import load_artifact
 
 SITES = ("alpha", "bravo", "charlie", "delta")
 
@@ -24,10 +26,11 @@ class Fed:
     def __init__(self, tmp_path, n_sites=4, **secagg):
         self.coord = keys.generate("coordinator")
         self.sites = {n: keys.generate(n) for n in SITES[:n_sites]}
+        server = secagg.pop("server", {"optimizer": "fedavg", "lr": 1.0})
         settings = make_settings(
             {
                 "secagg": {"frac_bits": 32, "clip": 1.0, "max_examples": 5000, **secagg},
-                "server": secagg.pop("server", {"optimizer": "fedavg", "lr": 1.0}),
+                "server": server,
             }
         )
         self.plan = plan_from_bytes(
@@ -43,7 +46,7 @@ class Fed:
             parent=self.plan.digest,
             provenance={"round": 0},
             signer=self.coord,
-        )
+        ).data
         self.dirs = {}
         for name in [*self.sites, "coordinator"]:
             d = tmp_path / name
@@ -73,7 +76,7 @@ class Fed:
             },
             tensors=delta,
             signer=self.sites[site],
-        )
+        ).data
 
     def mask(self, site, update=None):
         if update is None:
@@ -236,7 +239,7 @@ def test_aggregate_rejections(tmp_path):
             meta={"num_examples": 10},
             tensors={n: np.zeros(s, np.float32) for n, (s, _) in fed.plan.model_layout().items()},
             signer=fed.sites["delta"],
-        ),
+        ).data,
         other.plan,
         fed.sites["delta"],
         tmp_path,
@@ -248,13 +251,14 @@ def test_aggregate_rejections(tmp_path):
     art = load_artifact(masked["alpha"], plan=fed.plan, kind="masked")
     h = art.header
     fake = dict(federation=h.federation, round=1, parent=h.parent, meta=h.meta, tensors=art.tensors)
+    outsider = build_artifact("masked", sender="mallory", signer=mallory, **fake).data
     with pytest.raises(VerificationError, match="not a member"):
-        fed.aggregate([*ok, build_artifact("masked", sender="mallory", signer=mallory, **fake)])
+        fed.aggregate([*ok, outsider])
     impostor = keys.PrivateIdentity(
         "delta", mallory.signing_key, mallory.kx_private, mallory.secret
     )
     with pytest.raises(VerificationError, match="signature"):
-        fed.aggregate([*ok, build_artifact("masked", sender="delta", signer=impostor, **fake)])
+        fed.aggregate([*ok, build_artifact("masked", sender="delta", signer=impostor, **fake).data])
     # The same site twice.
     with pytest.raises(VerificationError, match="second masked update from alpha"):
         fed.aggregate([*ok, fed.mask("alpha", fed.updates["alpha"])])
@@ -292,7 +296,7 @@ def test_reveal_rejections(tmp_path):
             meta=m,
             tensors={},
             signer=signer,
-        )
+        ).data
 
     # A dropped site, or a site that has not masked in the closure's round, reveals nothing.
     with pytest.raises(ProtocolRefusal, match="as dropped"):
@@ -337,7 +341,7 @@ def test_reveal_rejections(tmp_path):
         },
         tensors={},
         signer=fed.coord,
-    )
+    ).data
     with pytest.raises(VerificationError, match="id does not match"):
         fed.reveal("alpha", tampered)
     # A closure that lists another masked update for this site.
@@ -379,7 +383,7 @@ def test_unmask_checks_inputs(tmp_path):
         meta={**art.header.meta, "pairs": pairs},
         tensors={},
         signer=fed.sites["alpha"],
-    )
+    ).data
     with pytest.raises(VerificationError, match="do not remove the masks"):
         fed.unmask(total, [wrong, *reveals[1:]])
     # The sum belongs to the round-1 model, not to another one.
@@ -390,7 +394,7 @@ def test_unmask_checks_inputs(tmp_path):
         parent="ff" * 32,
         provenance={},
         signer=fed.coord,
-    )
+    ).data
     with pytest.raises(VerificationError, match="another global model"):
         fed.unmask(total, reveals, model=other_model)
     assert load_model_artifact(fed.unmask(total, reveals), fed.plan, round_number=2)
@@ -426,7 +430,7 @@ def test_mask_input_checks_and_clipping_warning(tmp_path):
         meta=upd.header.meta,
         tensors={n: t.astype(np.float32) for n, t in big.items()},
         signer=fed.sites["bravo"],
-    )
+    ).data
     notes = []
     protocol.mask_update(data, fed.plan, fed.sites["bravo"], fed.dirs["bravo"], warn=notes.append)
     n = sum(t.size for t in big.values())
@@ -492,7 +496,7 @@ def test_abandon_round(tmp_path):
     other = build_model_artifact(
         fed.plan, round_number=1, weights=fed.weights, parent="ee" * 32, provenance={},
         signer=fed.coord,
-    )  # fmt: skip
+    ).data  # fmt: skip
     nxt = protocol.abandon_round(fed.model, fed.plan, fed.coord, coord, reason="2 of 3")
     model = load_model_artifact(nxt, fed.plan, round_number=2)
     prov = model.header.meta["provenance"]

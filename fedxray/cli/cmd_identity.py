@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from fedxray.cli.common import ForceOpt, JsonOpt, QuietOpt, Ui
+from fedxray.cli.common import ForceOpt, JsonOpt, QuietOpt, Ui, flags_for_settings
+from fedxray.settings import option_default, settings_from_options
 
 EXAMPLES = {
     "keygen": [
@@ -41,9 +42,9 @@ def keygen(
     leaves the site and is never overwritten.
     """
     from fedxray import keys
+    from fedxray.cards import card_bytes
     from fedxray.errors import FedxrayError
     from fedxray.fsio import check_writable, write_atomic
-    from fedxray.plan import card_bytes
 
     ui = Ui(quiet, json_out)
     keys.check_name(name)
@@ -82,31 +83,47 @@ def init(
     ],
     model: Annotated[
         str, typer.Option("--model", help="Model: smallcnn, tinycnn or resnet18.")
-    ] = "smallcnn",
-    image_size: Annotated[int, typer.Option("--image-size", help="Input size in pixels.")] = 64,
+    ] = option_default("model"),
+    image_size: Annotated[
+        int, typer.Option("--image-size", help="Input size in pixels.")
+    ] = option_default("image_size"),
     classes: Annotated[
         str, typer.Option("--classes", help="Comma-separated class names.")
-    ] = "normal,bacterial,viral",
-    rounds: Annotated[int, typer.Option("--rounds", help="Number of federated rounds.")] = 5,
-    local_epochs: Annotated[int, typer.Option("--local-epochs", help="Epochs per round.")] = 2,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Expected batch size.")] = 64,
-    lr: Annotated[float, typer.Option("--lr", help="Local learning rate.")] = 0.15,
-    epsilon: Annotated[float, typer.Option("--epsilon", help="Privacy budget per site.")] = 8.0,
-    delta: Annotated[float, typer.Option("--delta", help="Privacy delta.")] = 1e-5,
+    ] = option_default("classes"),
+    rounds: Annotated[
+        int, typer.Option("--rounds", help="Number of federated rounds.")
+    ] = option_default("rounds"),
+    local_epochs: Annotated[
+        int, typer.Option("--local-epochs", help="Epochs per round.")
+    ] = option_default("local_epochs"),
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="Expected batch size.")
+    ] = option_default("batch_size"),
+    lr: Annotated[float, typer.Option("--lr", help="Local learning rate.")] = option_default("lr"),
+    epsilon: Annotated[
+        float, typer.Option("--epsilon", help="Privacy budget per site.")
+    ] = option_default("epsilon"),
+    delta: Annotated[float, typer.Option("--delta", help="Privacy delta.")] = option_default(
+        "delta"
+    ),
     clip_norm: Annotated[
         float, typer.Option("--clip-norm", help="DP-SGD per-example clipping norm.")
-    ] = 1.0,
+    ] = option_default("clip_norm"),
     allow_no_dp: Annotated[
         bool, typer.Option("--allow-no-dp", help="Accept non-private (--no-dp) updates.")
-    ] = False,
-    min_sites: Annotated[int, typer.Option("--min-sites", help="Fewest sites per round.")] = 3,
+    ] = option_default("allow_no_dp"),
+    min_sites: Annotated[
+        int, typer.Option("--min-sites", help="Fewest sites per round.")
+    ] = option_default("min_sites"),
     strict: Annotated[
         bool, typer.Option("--strict", help="Double masking: a second small trip each round.")
-    ] = False,
+    ] = option_default("strict"),
     server_opt: Annotated[
         str, typer.Option("--server-opt", help="fedavg, momentum or fedadam.")
-    ] = "fedavg",
-    server_lr: Annotated[float, typer.Option("--server-lr", help="Server learning rate.")] = 1.0,
+    ] = option_default("server_opt"),
+    server_lr: Annotated[
+        float, typer.Option("--server-lr", help="Server learning rate.")
+    ] = option_default("server_lr"),
     init_weights: Annotated[
         Path | None,
         typer.Option("--init", help="Start from pretrained weights (a .safetensors file)."),
@@ -122,33 +139,29 @@ def init(
     and DIR/round-0001.model. Send NAME.plan and round-0001.model to every site.
     """
     from fedxray.federation import initialise
-    from fedxray.plan import make_settings
 
     ui = Ui(quiet, json_out)
-    settings = make_settings(
-        {
-            "model": {"arch": model, "image_size": image_size, "in_channels": 1},
-            "classes": [c.strip() for c in classes.split(",") if c.strip()],
-            "training": {
-                "rounds": rounds,
-                "local_epochs": local_epochs,
-                "batch_size": batch_size,
-                "lr": lr,
-            },
-            "dp": {
-                "epsilon": epsilon,
-                "delta": delta,
-                "max_grad_norm": clip_norm,
-                "allow_no_dp": allow_no_dp,
-            },
-            "secagg": {"strict": strict},
-            "server": {"optimizer": server_opt, "lr": server_lr},
-            "min_sites": min_sites,
-        }
-    )
-    res = initialise(
-        name, output, cards, settings, init_weights=init_weights, seed=seed, force=force
-    )
+    with flags_for_settings():
+        settings = settings_from_options(
+            model=model,
+            image_size=image_size,
+            classes=[c.strip() for c in classes.split(",") if c.strip()],
+            rounds=rounds,
+            local_epochs=local_epochs,
+            batch_size=batch_size,
+            lr=lr,
+            epsilon=epsilon,
+            delta=delta,
+            clip_norm=clip_norm,
+            allow_no_dp=allow_no_dp,
+            strict=strict,
+            server_opt=server_opt,
+            server_lr=server_lr,
+            min_sites=min_sites,
+        )
+        res = initialise(
+            name, output, cards, settings, init_weights=init_weights, seed=seed, force=force
+        )
     s = res.plan_summary
     if json_out:
         ui.emit_json(

@@ -119,13 +119,13 @@ def prep(
     written. The shard is written only when everything succeeded (mode 0600; it never leaves
     the site).
     """
-    from fedxray.data.labels import DEFAULT_CLASSES
     from fedxray.data.prep import prepare
     from fedxray.data.pseudonym import site_secret
     from fedxray.data.shard_io import write_shard
     from fedxray.errors import FedxrayError
     from fedxray.fsio import check_writable
     from fedxray.keys import load_private_key
+    from fedxray.settings import DEFAULT_CLASSES
 
     ui = Ui(quiet, json_out)
     wanted = None if classes is None else [c.strip() for c in classes.split(",") if c.strip()]
@@ -133,7 +133,8 @@ def prep(
         from fedxray.plan import load_plan
 
         the_plan = load_plan(plan)
-        image_size, class_names = int(the_plan.model["image_size"]), the_plan.classes
+        image_size = the_plan.settings.model.image_size
+        class_names = list(the_plan.settings.classes)
         _agree_with_plan(image_size, class_names, size, wanted, the_plan.name)
     elif size is None:
         raise FedxrayError(

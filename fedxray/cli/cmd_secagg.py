@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from fedxray.cli.common import (
+    PLAN_HINT,
     ForceOpt,
     JsonOpt,
     KeyOpt,
@@ -78,7 +79,7 @@ def _party(plan, key, coordinator: bool):
     from fedxray.keys import load_private_key
     from fedxray.plan import load_plan
 
-    the_plan = load_plan(plan)
+    the_plan = load_plan(require(plan, "plan", PLAN_HINT))
     who = "coordinator.key" if coordinator else "SITE.key"
     key_path = require(key, "key", f"pass --key {who} or set FEDXRAY_KEY")
     ident = load_private_key(key_path)
@@ -131,9 +132,9 @@ def mask(
     masked is refused (exit 5); masking the same update again remakes the same masked values,
     so a lost .masked file can be recovered.
     """
+    from fedxray.artifact import peek_header
     from fedxray.errors import FedxrayError
     from fedxray.fsio import check_writable, read_input, write_atomic
-    from fedxray.secagg.peek import peek_header
     from fedxray.secagg.protocol import mask_update
 
     ui = Ui(quiet, json_out)
@@ -152,7 +153,7 @@ def mask(
     warnings: list[str] = []
     masked = mask_update(data, the_plan, ident, state_dir, warn=warnings.append)
     write_atomic(output, masked, force=force)
-    r = (peek_header(masked) or {}).get("round")
+    r = peek_header(masked).round
     if json_out:
         ui.emit_json(
             {
@@ -228,11 +229,11 @@ def aggregate(
     sites, each answers with `fedxray reveal`, and read the printed closure id to them by
     phone (reveal prints the same id).
     """
+    from fedxray.artifact import peek_header
     from fedxray.errors import FedxrayError
     from fedxray.fsio import check_writable, read_input, write_atomic
-    from fedxray.secagg.peek import common_round, peek_header
     from fedxray.secagg.protocol import aggregate as aggregate_round
-    from fedxray.secagg.protocol import closure_code, plan_params
+    from fedxray.secagg.protocol import closure_code, common_round, plan_params
 
     ui = Ui(quiet, json_out)
     check_stdout_use(output, json_out)
@@ -273,7 +274,7 @@ def aggregate(
     if closure_bytes is not None:
         write_atomic(closure_out, closure_bytes, force=force)
     write_atomic(out, total, force=force)
-    meta = (peek_header(total) or {}).get("meta", {})
+    meta = peek_header(total).meta
     survivors, dropped = meta.get("survivors", []), meta.get("dropped", [])
     closure_id = meta.get("closure")
     if json_out:
@@ -345,9 +346,9 @@ def reveal(
     printed closure id with the one the coordinator reads to you by phone before sending the
     .reveal file back.
     """
+    from fedxray.artifact import peek_header
     from fedxray.errors import FedxrayError
     from fedxray.fsio import check_writable, read_input, write_atomic
-    from fedxray.secagg.peek import peek_header
     from fedxray.secagg.protocol import closure_code
     from fedxray.secagg.protocol import reveal as reveal_round
 
@@ -356,8 +357,8 @@ def reveal(
     the_plan, ident, state_dir = _party(plan, key, coordinator=False)
     data = read_input(closure, "closure")
     if output is None:
-        r = (peek_header(data) or {}).get("round")
-        if not isinstance(r, int):
+        r = getattr(peek_header(data), "round", None)
+        if r is None:
             raise FedxrayError(
                 f"{closure} is not a readable closure", hint="check the file, or name -o FILE"
             )
@@ -366,8 +367,8 @@ def reveal(
     answer = reveal_round(data, the_plan, ident, state_dir)
     write_atomic(output, answer, force=force)
     # Verified by reveal_round above: the closure's header is now trustworthy.
-    head = peek_header(data) or {}
-    meta, r = head.get("meta", {}), head.get("round")
+    head = peek_header(data)
+    meta, r = head.meta, head.round
     closure_id = meta.get("closure", "")
     dropped = meta.get("dropped", [])
     if json_out:
@@ -452,10 +453,10 @@ def unmask(
     and dropped sites, and the privacy (epsilon) each site reported. A round that was
     abandoned cannot be unmasked (exit 5).
     """
+    from fedxray.artifact import peek_header
     from fedxray.errors import FedxrayError
     from fedxray.fsio import check_writable, read_input, write_atomic
     from fedxray.modelfile import model_filename
-    from fedxray.secagg.peek import peek_header, peek_round
     from fedxray.secagg.protocol import unmask as unmask_round
     from fedxray.secagg.server_state import server_state_path
 
@@ -466,7 +467,7 @@ def unmask(
     if any(str(p) == "-" for p in reveal_files):
         raise FedxrayError("reveals are read from files, not standard input")
     sum_bytes = read_input(total, "sum")
-    r = peek_round(sum_bytes)
+    r = getattr(peek_header(sum_bytes), "round", None)
     if r is None:
         raise FedxrayError(f"{total} is not a readable sum", hint="check the file")
     model_path = model or _beside(total, model_filename(r), Path("."))
@@ -486,7 +487,7 @@ def unmask(
         state_dir=state_dir,
     )
     write_atomic(out, nxt, force=force)
-    prov = (peek_header(nxt) or {}).get("meta", {}).get("provenance", {})
+    prov = peek_header(nxt).meta.get("provenance", {})
     if json_out:
         ui.emit_json({"model": str(out), "round": r + 1, "provenance": prov})
         return
@@ -539,17 +540,17 @@ def abandon(
     as the next round's model. A round already unmasked cannot be abandoned (exit 5). The
     privacy the sites spent training the abandoned round stays spent.
     """
+    from fedxray.artifact import peek_header
     from fedxray.errors import FedxrayError
     from fedxray.fsio import check_writable, read_input, write_atomic
     from fedxray.modelfile import model_filename
-    from fedxray.secagg.peek import peek_round
     from fedxray.secagg.protocol import abandon_round
 
     ui = Ui(quiet, json_out)
     check_stdout_use(output, json_out)
     the_plan, ident, state_dir = _party(plan, key, coordinator=True)
     data = read_input(model, "global model")
-    r = peek_round(data)
+    r = getattr(peek_header(data), "round", None)
     if r is None:
         raise FedxrayError(f"{model} is not a readable model", hint="check the file")
     out = output or _beside(model, model_filename(r + 1), Path("."))

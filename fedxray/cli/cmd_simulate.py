@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from fedxray.cli.common import JsonOpt, QuietOpt, Ui
+from fedxray.cli.common import JsonOpt, QuietOpt, Ui, flags_for_settings
+from fedxray.simulation.runner import Simulation, SimulationConfig
+
+# The simulation's defaults: the plan's, except where tuned for the bundled sample data.
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(SimulationConfig)}
 
 EXAMPLES = {
     "simulate": [
@@ -54,10 +59,12 @@ def simulate(
     sites: Annotated[
         int | None, typer.Option("--sites", help="Number of sites (for --data).")
     ] = None,
-    rounds: Annotated[int, typer.Option("--rounds", help="Federated rounds.")] = 5,
-    local_epochs: Annotated[int, typer.Option("--local-epochs", help="Epochs per round.")] = 5,
+    rounds: Annotated[int, typer.Option("--rounds", help="Federated rounds.")] = DEFAULTS["rounds"],
+    local_epochs: Annotated[
+        int, typer.Option("--local-epochs", help="Epochs per round.")
+    ] = DEFAULTS["local_epochs"],
     dp: Annotated[bool, typer.Option("--dp/--no-dp", help="Differential privacy.")] = True,
-    strict: Annotated[bool, typer.Option("--strict", help="Double masking.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Double masking.")] = DEFAULTS["strict"],
     drop: Annotated[
         list[str] | None,
         typer.Option("--drop", metavar="SITE@ROUND", help="Drop SITE from ROUND (repeatable)."),
@@ -68,17 +75,23 @@ def simulate(
     ] = None,
     model: Annotated[
         str, typer.Option("--model", help="Model: smallcnn, tinycnn or resnet18.")
-    ] = "tinycnn",
-    image_size: Annotated[int, typer.Option("--image-size", help="Input size.")] = 32,
+    ] = DEFAULTS["model"],
+    image_size: Annotated[int, typer.Option("--image-size", help="Input size.")] = DEFAULTS[
+        "image_size"
+    ],
     batch_size: Annotated[
         int, typer.Option("--batch-size", help="Expected batch size (DP: Poisson).")
-    ] = 64,
-    lr: Annotated[float, typer.Option("--lr", help="Local learning rate.")] = 0.15,
-    epsilon: Annotated[float, typer.Option("--epsilon", help="Privacy budget per site.")] = 8.0,
-    min_sites: Annotated[int, typer.Option("--min-sites", help="Fewest sites per round.")] = 3,
+    ] = DEFAULTS["batch_size"],
+    lr: Annotated[float, typer.Option("--lr", help="Local learning rate.")] = DEFAULTS["lr"],
+    epsilon: Annotated[
+        float, typer.Option("--epsilon", help="Privacy budget per site.")
+    ] = DEFAULTS["epsilon"],
+    min_sites: Annotated[
+        int, typer.Option("--min-sites", help="Fewest sites per round.")
+    ] = DEFAULTS["min_sites"],
     server_opt: Annotated[
         str, typer.Option("--server-opt", help="fedavg, momentum or fedadam.")
-    ] = "fedavg",
+    ] = DEFAULTS["server_opt"],
     bootstrap: Annotated[
         int, typer.Option("--bootstrap", help="Bootstrap resamples of the final report.")
     ] = 1000,
@@ -98,8 +111,6 @@ def simulate(
     training, mask, aggregate and unmask, and the global model's metrics on held-out data;
     ends with the evaluation report (also in RUNDIR/report.json).
     """
-    from fedxray.simulation.runner import Simulation, SimulationConfig
-
     ui = Ui(quiet, json_out)
     cfg = SimulationConfig(
         out=output,
@@ -112,7 +123,7 @@ def simulate(
         drops=_parse_drops(drop or []),
         skew=skew,
         seed=seed,
-        arch=model,
+        model=model,
         image_size=image_size,
         batch_size=batch_size,
         lr=lr,
@@ -150,7 +161,8 @@ def simulate(
                 f"MCC {_metric(info['metrics'], 'mcc')}"
             )
 
-    result = Simulation(cfg, on_event).run()
+    with flags_for_settings():
+        result = Simulation(cfg, on_event).run()
     if json_out:
         ui.emit_json(result)
         return

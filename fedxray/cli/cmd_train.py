@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from fedxray.cli.common import ForceOpt, JsonOpt, KeyOpt, PlanOpt, QuietOpt, Ui, require
+from fedxray.cli.common import PLAN_HINT, ForceOpt, JsonOpt, KeyOpt, PlanOpt, QuietOpt, Ui, require
 
 EXAMPLES = {
     "train-local": [
@@ -64,19 +64,19 @@ def train_local(
     The update stays at the site: `fedxray mask` turns it into the file that travels. After a
     crash, running the same command again resumes from the last finished epoch.
     """
-    from fedxray.artifact import parse_unverified
+    from fedxray.artifact import read_header
     from fedxray.fsio import check_writable, read_input, write_atomic
     from fedxray.keys import load_private_key
     from fedxray.plan import load_plan
     from fedxray.site_training import default_ledger_path, train_local
 
     ui = Ui(quiet, json_out)
-    the_plan = load_plan(plan)
+    the_plan = load_plan(require(plan, "plan", PLAN_HINT))
     key_path = require(key, "key", "pass --key SITE.key or set FEDXRAY_KEY")
     ident = load_private_key(key_path)
     the_plan.require_site(ident)
     model_bytes = read_input(model, "global model")
-    r = parse_unverified(model_bytes, str(model))[0].header.round
+    r = read_header(model_bytes, str(model)).round
     out = output or model.with_name(f"{ident.name}-round-{r:04d}.update")
     check_writable(out, force=force)
     ledger_path = ledger or default_ledger_path(key_path, the_plan)
@@ -111,7 +111,7 @@ def train_local(
             "loss per epoch": ", ".join(f"{v:.4f}" for v in summary["losses"]),
             "privacy": "none (--no-dp)"
             if not summary["dp"]
-            else f"epsilon {eps:.3f} of {the_plan.dp['epsilon']:g} spent so far "
+            else f"epsilon {eps:.3f} of {the_plan.settings.dp.epsilon:g} spent so far "
             f"(delta {summary['delta']:g}, per {summary['unit']})",
             "seconds": summary["seconds"],
         },
@@ -142,7 +142,7 @@ def privacy(
     if plan is not None:
         p = load_plan(plan)
         feds = [p.federation_id] if p.federation_id in feds else []
-        names[p.federation_id], budgets[p.federation_id] = p.name, float(p.dp["epsilon"])
+        names[p.federation_id], budgets[p.federation_id] = p.name, p.settings.dp.epsilon
         if not feds:
             ui.info(f"the ledger has no spending for federation {p.name}")
     doc = []

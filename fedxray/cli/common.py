@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -13,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fedxray.errors import FedxrayError
+from fedxray.settings import SettingError, option_for
 
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print one JSON document on stdout (nothing else there).")
@@ -87,6 +89,9 @@ class Ui:
         )
 
 
+PLAN_HINT = "pass --plan FILE or set FEDXRAY_PLAN"
+
+
 def require(value, what: str, hint: str):
     if value is None:
         raise FedxrayError(f"no {what} given", hint=hint)
@@ -98,3 +103,17 @@ def check_stdout_use(output: Path | str | None, json_out: bool) -> None:
         raise FedxrayError(
             "--json and -o - both want standard output", hint="write the file with -o FILE"
         )
+
+
+@contextlib.contextmanager
+def flags_for_settings():
+    """Name the command-line option that sets a refused setting in the error's hint."""
+    try:
+        yield
+    except SettingError as e:
+        option = option_for(e.setting)
+        if option is None:
+            raise
+        flag = "--" + option.replace("_", "-")
+        e.hint = f"{e.hint}; set it with {flag}" if e.hint else f"set it with {flag}"
+        raise

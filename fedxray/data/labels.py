@@ -16,7 +16,6 @@ from pathlib import Path, PurePosixPath
 
 from fedxray.errors import FedxrayError
 
-DEFAULT_CLASSES = ("normal", "bacterial", "viral")
 LABELS_CSV = "labels.csv"
 CLASS_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 

@@ -22,12 +22,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from fedxray.data.labels import DEFAULT_CLASSES, Labeler, check_classes, make_labeler
+from fedxray.data.labels import Labeler, check_classes, make_labeler
 from fedxray.data.pseudonym import image_id, patient_pseudonym, random_secret
 from fedxray.data.shard import Shard
 from fedxray.errors import FedxrayError
 from fedxray.imaging import SKIP_REASONS, SkipImage, check_image_size, load_radiograph
 from fedxray.imaging.sniff import read_head, sniff
+from fedxray.settings import DEFAULT_CLASSES
 
 LABEL_MODES = ("auto", "folders", "kermany")
 # Starting a worker process costs about a second; below this many files each, it loses.

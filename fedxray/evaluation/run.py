@@ -46,22 +46,22 @@ class LoadedModel:
 
     @property
     def classes(self) -> list[str]:
-        return self.plan.classes
+        return list(self.plan.settings.classes)
 
     @property
     def image_size(self) -> int:
-        return int(self.plan.model["image_size"])
+        return self.plan.settings.model.image_size
 
     @property
     def in_channels(self) -> int:
-        return int(self.plan.model.get("in_channels", 1))
+        return self.plan.settings.model.in_channels
 
     def describe(self) -> dict:
         return {
             "file": self.path,
             "sha256": self.digest,
             "round": self.round,
-            "arch": self.plan.model["arch"],
+            "arch": self.plan.settings.model.arch,
             "image_size": self.image_size,
             "federation": self.plan.name,
             "federation_id": self.plan.federation_id,
@@ -77,15 +77,14 @@ def find_plan(
 ) -> tuple[Plan, str | None]:
     """The plan to check the model against: ``plan_path`` / $FEDXRAY_PLAN, else a *.plan file
     next to the model (or in the current folder) naming the model's federation."""
-    from fedxray.artifact import parse_unverified
+    from fedxray.artifact import read_header
     from fedxray.plan import load_plan
 
     if plan_path is not None or os.environ.get("FEDXRAY_PLAN"):
         chosen = plan_path or os.environ["FEDXRAY_PLAN"]
         return load_plan(chosen), str(chosen)
     name = Path(str(model_path)).name
-    art, _ = parse_unverified(model_data, name)  # only to read which federation it names
-    federation = art.header.federation
+    federation = read_header(model_data, name).federation  # the only thing read from it here
     hint = (
         f"pass --plan FILE or set FEDXRAY_PLAN (the model belongs to federation {federation[:12]})"
     )
@@ -113,13 +112,10 @@ def find_plan(
 
 
 def _federation_of(path: Path) -> str | None:
-    from fedxray.artifact import parse_unverified
+    from fedxray.artifact import peek_header
 
-    try:
-        art, _ = parse_unverified(path.read_bytes(), path.name)
-    except (OSError, FedxrayError):
-        return None  # not a readable fedxray file: not a candidate
-    return art.header.federation if art.header.kind == "plan" else None
+    header = peek_header(path)  # None: not a readable fedxray file, so not a candidate
+    return header.federation if header is not None and header.kind == "plan" else None
 
 
 def load_model(
@@ -133,10 +129,8 @@ def load_model(
     plan, found = find_plan(model_path, data, plan_path)
     what = "standard input" if str(model_path) == STDIN else Path(str(model_path)).name
     art = load_model_artifact(data, plan, what=what)
-    m = plan.model
-    module = build_model(
-        m["arch"], int(m["image_size"]), len(plan.classes), int(m.get("in_channels", 1))
-    )
+    m = plan.settings.model
+    module = build_model(m.arch, m.image_size, len(plan.settings.classes), m.in_channels)
     # Writable copies: torch warns (on the user's terminal) about read-only numpy views.
     load_numpy_state(module, {k: np.array(v) for k, v in art.tensors.items()})
     module.eval()
@@ -148,13 +142,13 @@ def load_model(
 
 def shard_labels(shard: Shard, plan: Plan, name: str = "shard") -> np.ndarray:
     """The shard's labels as indices into the plan's classes; the shard must fit the model."""
-    size = int(plan.model["image_size"])
+    size = plan.settings.model.image_size
     if shard.image_size != size:
         raise FedxrayError(
             f"{name} holds {shard.image_size} px images but the model takes {size} px",
             hint=f"prepare the test images again with --image-size {size}",
         )
-    classes = plan.classes
+    classes = list(plan.settings.classes)
     if list(shard.classes) == classes:
         return np.asarray(shard.labels, dtype=np.int64)
     if sorted(shard.classes) != sorted(classes):

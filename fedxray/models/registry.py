@@ -35,6 +35,14 @@ def _check_arch(arch: str) -> None:
         )
 
 
+def check_model(model, num_classes: int, dp: bool = True) -> None:
+    """Refuse, when a plan is made, a model it could not train: ``model`` holds the plan's
+    arch, image_size and in_channels."""
+    _check_arch(model.arch)
+    if model.in_channels != 1:
+        raise FedxrayError("models take single-channel (greyscale) input")
+
+
 def default_image_size(arch: str) -> int:
     """The input size (pixels, square) an architecture is meant for."""
     _check_arch(arch)

@@ -10,23 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
-import struct
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-from fedxray.artifact import (
-    Artifact,
-    build_artifact,
-    canonical_json,
-    check_tensor_layout,
-    file_digest,
-    load_artifact,
-)
+from fedxray.artifact import Artifact, SignedArtifact, build_artifact, canonical_json, peek_header
 from fedxray.errors import FedxrayError, ProtocolRefusal, VerificationError
 from fedxray.fsio import read_input
 from fedxray.keys import PrivateIdentity
@@ -42,9 +33,10 @@ from fedxray.secagg.pairwise import (
     self_seed,
 )
 from fedxray.secagg.prg import SEED_BYTES, add_streams
-from fedxray.secagg.server import ServerConfig, server_step
+from fedxray.secagg.server import server_step
 from fedxray.secagg.server_state import load_server_state, save_server_state
 from fedxray.secagg.state import open_state
+from fedxray.verification import check_tensor_layout, load_artifact
 
 Input = bytes | bytearray | memoryview | str | os.PathLike
 Progress = Callable[[int, int], None]
@@ -56,8 +48,33 @@ REPORT_KEYS = ("epsilon", "delta", "dp", "unit")
 # --- shared helpers ---------------------------------------------------------------------------
 
 
+def common_round(items: Iterable[tuple[str, Input]]) -> int:
+    """The round that every (label, source) names; a clear VerificationError otherwise.
+
+    Headers are read unverified, only to pick the round: files whose header cannot be read
+    are skipped here, and verifying them fails later with the real reason.
+    """
+    rounds: dict[int, list[str]] = {}
+    for label, source in items:
+        header = peek_header(source)
+        if header is not None:
+            rounds.setdefault(header.round, []).append(label)
+    if not rounds:
+        raise VerificationError("none of the inputs is a readable fedxray file")
+    if len(rounds) > 1:
+        found = "; ".join(
+            f"round {r}: {', '.join(labels[:3])}{' ...' if len(labels) > 3 else ''}"
+            for r, labels in sorted(rounds.items())
+        )
+        raise VerificationError(
+            f"the inputs are for different rounds ({found})",
+            hint="leave out the files of other rounds, or pick one with --round N",
+        )
+    return next(iter(rounds))
+
+
 def plan_params(plan: Plan) -> SecaggParams:
-    params = SecaggParams.from_settings(plan.secagg)
+    params = plan.settings.secagg_params()
     check_capacity(params, len(plan.sites))
     return params
 
@@ -220,13 +237,6 @@ def _masked_vector(
     return flat, clipped
 
 
-def _own_payload_sha256(data: bytes) -> str:
-    """The payload hash from the header of a file this process has just built and signed."""
-    (hlen,) = struct.unpack("<Q", data[:8])
-    head = json.loads(data[8 : 8 + hlen])
-    return json.loads(head["__metadata__"]["fedxray"])["payload_sha256"]
-
-
 def mask_update(
     update_bytes: bytes,
     plan: Plan,
@@ -266,7 +276,7 @@ def mask_update(
             rounding = os.urandom(32)
             nonce = os.urandom(16).hex() if params.strict else None
         flat, clipped = _masked_vector(key, plan, params, layout, upd, count, r, rounding, nonce)
-        data = build_artifact(
+        signed = build_artifact(
             "masked",
             federation=plan.federation_id,
             round=r,
@@ -277,7 +287,7 @@ def mask_update(
             signer=key,
         )
         del flat
-        payload = _own_payload_sha256(data)
+        payload = signed.payload_sha256
         if rec is None:
             st.put(
                 r,
@@ -300,7 +310,7 @@ def mask_update(
     if clipped and warn is not None:
         n = layout.size - 2
         warn(f"{clipped} of {n} values were clipped to the plan's range ±{params.clip:g}")
-    return data
+    return signed.data
 
 
 # --- aggregate (coordinator) ------------------------------------------------------------------
@@ -417,7 +427,9 @@ def aggregate(
                 hint="use the .sum and .closure files made then",
             )
         closure = (
-            build_artifact("closure", meta={**meta, "closure": closure_id}, tensors={}, **common)
+            build_artifact(
+                "closure", meta={**meta, "closure": closure_id}, tensors={}, **common
+            ).data
             if needs_closure
             else None
         )
@@ -426,7 +438,7 @@ def aggregate(
             meta={**meta, "closure": closure_id if needs_closure else None, "reports": reports},
             tensors=acc.tensors(),
             **common,
-        )
+        ).data
         if st is not None and not decided:
             st.put(
                 round,
@@ -518,7 +530,7 @@ def reveal(
         },
         tensors={},
         signer=key,
-    )
+    ).data
 
 
 # --- unmask (coordinator) ---------------------------------------------------------------------
@@ -605,7 +617,7 @@ def unmask(
     plan.require_coordinator(coordinator_key)
     params = plan_params(plan)
     layout = plan_layout(plan)
-    ServerConfig.from_settings(plan.server)  # bad server settings fail before any work
+    plan.settings.server_config()  # bad server settings fail before any work
     total = load_artifact(
         sum_bytes, plan=plan, kind="sum", sender=plan.coordinator.name, what="sum"
     )
@@ -635,7 +647,7 @@ def unmask(
         ):
             raise VerificationError("the sum's closure id does not match its contents")
         got = _collect_reveals(reveals, plan, r, survivors, dropped, strict, closure_id)
-        data = _next_model(
+        nxt = _next_model(
             total,
             model,
             got,
@@ -646,8 +658,8 @@ def unmask(
             server_state=(server_state_path, fresh_server_state),
         )
         if st is not None:
-            st.put(r, {**(rec or {}), "unmasked": file_digest(data), "unmasked_at": _now()})
-    return data
+            st.put(r, {**(rec or {}), "unmasked": nxt.digest, "unmasked_at": _now()})
+    return nxt.data
 
 
 def _next_model(
@@ -660,9 +672,9 @@ def _next_model(
     layout: FlatLayout,
     cohort: tuple[list[str], list[str], bool],
     server_state: tuple[str | os.PathLike | None, bool],
-) -> bytes:
+) -> SignedArtifact:
     """Unmask the verified sum with the verified reveals, average, step, sign the next model."""
-    params, cfg = plan_params(plan), ServerConfig.from_settings(plan.server)
+    params, cfg = plan_params(plan), plan.settings.server_config()
     survivors, dropped, strict = cohort
     server_state_path, fresh_server_state = server_state
     r, meta = total.header.round, total.header.meta
@@ -767,7 +779,7 @@ def abandon_round(
             parent=model.digest,
             provenance=provenance,
             signer=coordinator_key,
-        )
+        ).data
         st.put(
             r,
             {

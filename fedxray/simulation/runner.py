@@ -20,6 +20,7 @@ from fedxray.data.pseudonym import site_secret
 from fedxray.data.shard import Shard
 from fedxray.errors import FedxrayError
 from fedxray.fsio import read_input, write_atomic
+from fedxray.settings import DEFAULT_CLASSES, OPTIONS, option_default, settings_from_options
 from fedxray.simulation.courier import INBOX, Courier
 
 COORDINATOR_DIR = "coordinator"
@@ -36,28 +37,31 @@ def default_sample_data() -> Path | None:
 
 @dataclass
 class SimulationConfig:
+    """A simulated run: where, on which data, and the plan's options (fedxray.settings.OPTIONS)."""
+
     out: Path
     data: Path | None = None
     sites: int | None = None
-    # Defaults tuned on the bundled sample data (a few hundred images): a ~6k-parameter CNN at
-    # 32 px learns well above chance under DP at epsilon 8 in about a minute of training.
-    rounds: int = 5
-    local_epochs: int = 5
     dp: bool = True
-    strict: bool = False
     drops: dict[int, set[str]] = field(default_factory=dict)  # round -> dropped site names
     skew: float | None = None
     seed: int = 0
-    arch: str = "tinycnn"
+    # Tuned on the bundled sample data (a few hundred images): a ~6k-parameter CNN at 32 px
+    # learns well above chance under DP at epsilon 8 in about a minute of training.
+    model: str = "tinycnn"
     image_size: int = 32
-    epsilon: float = 8.0
-    delta: float = 1e-5
-    batch_size: int = 64
-    lr: float = 0.15
-    clip_norm: float = 1.0
-    min_sites: int = 3
-    server_opt: str = "fedavg"
-    server_lr: float = 1.0
+    local_epochs: int = 5
+    # The plan's own defaults for the rest.
+    rounds: int = option_default("rounds")
+    strict: bool = option_default("strict")
+    epsilon: float = option_default("epsilon")
+    delta: float = option_default("delta")
+    batch_size: int = option_default("batch_size")
+    lr: float = option_default("lr")
+    clip_norm: float = option_default("clip_norm")
+    min_sites: int = option_default("min_sites")
+    server_opt: str = option_default("server_opt")
+    server_lr: float = option_default("server_lr")
     holdout: float = 0.15
     bootstrap: int = 1000
     workers: int | None = None
@@ -116,7 +120,6 @@ class Simulation:
     def _site_data(self) -> tuple[list[tuple[str, list[Path] | Shard]], list[Path] | Shard]:
         """Per site: either folders it preps itself, or a pre-split shard; plus held-out data."""
         from fedxray.data.prep import prepare
-        from fedxray.plan import DEFAULT_CLASSES
         from fedxray.simulation.split import holdout_split, split_sites
 
         cfg = self.cfg
@@ -146,10 +149,10 @@ class Simulation:
         return [(f"site-{i + 1}", part) for i, part in enumerate(parts)], held
 
     def setup(self) -> None:
+        from fedxray.cards import card_bytes
         from fedxray.data.prep import prepare
         from fedxray.data.shard_io import write_shard
         from fedxray.federation import initialise
-        from fedxray.plan import DEFAULT_CLASSES, card_bytes, make_settings
 
         cfg = self.cfg
         self._prepare_folders()
@@ -188,26 +191,8 @@ class Simulation:
             )
         write_shard(self.eval_dir / "test.shard", held)
         # Coordinator: init from the cards it received.
-        settings = make_settings(
-            {
-                "model": {"arch": cfg.arch, "image_size": cfg.image_size, "in_channels": 1},
-                "training": {
-                    "rounds": cfg.rounds,
-                    "local_epochs": cfg.local_epochs,
-                    "batch_size": cfg.batch_size,
-                    "lr": cfg.lr,
-                },
-                "dp": {
-                    "epsilon": cfg.epsilon,
-                    "delta": cfg.delta,
-                    "max_grad_norm": cfg.clip_norm,
-                    "allow_no_dp": not cfg.dp,
-                },
-                "secagg": {"strict": cfg.strict},
-                "server": {"optimizer": cfg.server_opt, "lr": cfg.server_lr},
-                "min_sites": cfg.min_sites,
-            }
-        )
+        options = {k: getattr(cfg, k) for k in OPTIONS if hasattr(cfg, k)}
+        settings = settings_from_options(**options, allow_no_dp=not cfg.dp)
         cards = [self.coord_dir / INBOX / f"{n}.pub" for n in self.site_names]
         res = initialise(FEDERATION_NAME, self.coord_dir, cards, settings, seed=cfg.seed)
         self.plan_path, self.model_path = res.plan_path, res.model_path
