@@ -318,10 +318,10 @@ def _mean_of_last(sim: Simulation, last: int, k: int) -> dict[str, np.ndarray]:
 
 def _model_state(sim: Simulation, round_number: int) -> dict[str, np.ndarray]:
     """The weights of the coordinator's model for ``round_number``, verified against the plan."""
-    from fedxray.evaluation.run import load_model
-    from fedxray.modelfile import model_filename
+    from fedxray.filenames import round_file
+    from fedxray.steps.model import load_model
 
-    path = sim.coord_dir / model_filename(round_number)
+    path = sim.coord_dir / round_file("model", round_number)
     return state_to_numpy(load_model(path, sim.plan_path).module)
 
 

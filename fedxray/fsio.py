@@ -47,7 +47,9 @@ def check_writable(path: str | os.PathLike, force: bool = False) -> None:
         return
     p = Path(path)
     if p.exists() and not force:
-        raise FedxrayError(f"output exists: {p}", hint="use --force to overwrite it")
+        raise FedxrayError(
+            f"output exists: {p}", hint="overwrite it only on purpose", option="force"
+        )
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
         raise FedxrayError(f"output folder does not exist: {parent}")

@@ -10,10 +10,6 @@ from fedxray.plan import Plan
 from fedxray.verification import check_tensor_layout, load_artifact
 
 
-def model_filename(round_number: int) -> str:
-    return f"round-{round_number:04d}.model"
-
-
 def build_model_artifact(
     plan: Plan,
     *,

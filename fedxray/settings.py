@@ -32,7 +32,7 @@ class SettingError(FedxrayError):
     """An impossible or malformed setting; ``setting`` is its path, e.g. ``dp.epsilon``."""
 
     def __init__(self, setting: str, message: str, hint: str | None = None):
-        super().__init__(message, hint)
+        super().__init__(message, hint, option=option_for(setting))
         self.setting = setting
 
 

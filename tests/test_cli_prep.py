@@ -234,7 +234,7 @@ def test_existing_output_is_refused_without_force(site, tmp_path):
 
 
 def test_same_relative_path_in_two_inputs_gets_two_image_ids(fed, tmp_path):
-    from fedxray.evaluation.run import reads_for_shard
+    from fedxray.steps.evaluate import reads_for_shard
 
     rng = np.random.default_rng(0)
     for name in ("east", "west"):

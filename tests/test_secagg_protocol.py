@@ -10,11 +10,16 @@ from fedxray.artifact import build_artifact
 from fedxray.errors import FedxrayError, ProtocolRefusal, VerificationError
 from fedxray.modelfile import build_model_artifact, load_model_artifact
 from fedxray.plan import create_plan, plan_from_bytes
-from fedxray.secagg import protocol
 from fedxray.secagg.accumulate import CONTROL
 from fedxray.secagg.pairwise import removal_streams
 from fedxray.secagg.prg import add_streams
+from fedxray.secagg.rounds import compute_closure_id
 from fedxray.settings import make_settings
+from fedxray.steps.abandon import abandon_round
+from fedxray.steps.aggregate import aggregate
+from fedxray.steps.mask import mask_update
+from fedxray.steps.reveal import reveal
+from fedxray.steps.unmask import unmask
 from fedxray.verification import load_artifact
 
 SITES = ("alpha", "bravo", "charlie", "delta")
@@ -81,30 +86,31 @@ class Fed:
     def mask(self, site, update=None):
         if update is None:
             update = self.updates[site] = self.update(site)
-        return protocol.mask_update(
+        return mask_update(
             update,
             self.plan,
             self.sites[site],
             self.dirs[site],
-        )
+        ).data
 
     def aggregate(self, masked, round_number=1):
-        return protocol.aggregate(
+        res = aggregate(
             masked, self.plan, self.coord, round_number, state_dir=self.dirs["coordinator"]
         )
+        return res.sum, res.closure
 
     def reveal(self, site, closure):
-        return protocol.reveal(closure, self.plan, self.sites[site], self.dirs[site])
+        return reveal(closure, self.plan, self.sites[site], self.dirs[site]).data
 
     def unmask(self, total, reveals, model=None):
-        return protocol.unmask(
+        return unmask(
             total,
             reveals,
             self.plan,
             self.coord,
             model or self.model,
             self.dirs["coordinator"] / "server.state",
-        )
+        ).model
 
     def expected(self, survivors):
         n = sum(self.counts[s] for s in survivors)
@@ -229,7 +235,7 @@ def test_aggregate_rejections(tmp_path):
     other.plan = plan_from_bytes(
         create_plan("other", fed.coord, [k.public for k in fed.sites.values()], fed.plan.settings)
     )
-    foreign = protocol.mask_update(
+    foreign = mask_update(
         build_artifact(
             "update",
             federation=other.plan.federation_id,
@@ -243,7 +249,7 @@ def test_aggregate_rejections(tmp_path):
         other.plan,
         fed.sites["delta"],
         tmp_path,
-    )
+    ).data
     with pytest.raises(VerificationError, match="federation"):
         fed.aggregate([*ok, foreign])
     # Signed by someone who is not a member, or claiming to be a member.
@@ -284,7 +290,7 @@ def test_reveal_rejections(tmp_path):
     def signed(signer=fed.coord, plan=fed.plan, round_number=1, **changes):
         """A closure with ``changes``, its id recomputed, signed by ``signer``."""
         m = {**meta, **changes}
-        m["closure"] = protocol.compute_closure_id(
+        m["closure"] = compute_closure_id(
             plan, round_number, parent, m["survivors"], m["dropped"], m["strict"], m["inputs"]
         )
         return build_artifact(
@@ -416,9 +422,9 @@ def test_mask_input_checks_and_clipping_warning(tmp_path):
     with pytest.raises(FedxrayError, match="caps a site at 5000"):
         fed.mask("alpha", fed.update("alpha", count=5001))
     with pytest.raises(FedxrayError, match="not a site"):
-        protocol.mask_update(fed.update("alpha"), fed.plan, keys.generate("zulu"), tmp_path)
+        mask_update(fed.update("alpha"), fed.plan, keys.generate("zulu"), tmp_path)
     with pytest.raises(VerificationError, match="expected alpha"):
-        protocol.mask_update(fed.update("bravo"), fed.plan, fed.sites["alpha"], tmp_path)
+        mask_update(fed.update("bravo"), fed.plan, fed.sites["alpha"], tmp_path)
     upd = load_artifact(fed.update("bravo"), plan=fed.plan, kind="update")
     big = {n: np.asarray(t) * 0 + 3.0 for n, t in upd.tensors.items()}  # clip is 1.0
     data = build_artifact(
@@ -431,14 +437,13 @@ def test_mask_input_checks_and_clipping_warning(tmp_path):
         tensors={n: t.astype(np.float32) for n, t in big.items()},
         signer=fed.sites["bravo"],
     ).data
-    notes = []
-    protocol.mask_update(data, fed.plan, fed.sites["bravo"], fed.dirs["bravo"], warn=notes.append)
+    notes = mask_update(data, fed.plan, fed.sites["bravo"], fed.dirs["bravo"]).warnings
     n = sum(t.size for t in big.values())
     assert notes == [f"{n} of {n} values were clipped to the plan's range ±1"]
 
 
 def test_state_file_is_never_silently_reset(tmp_path):
-    from fedxray.secagg.state import open_state, state_path
+    from fedxray.steps.protocol_state import open_state, state_path
 
     fed = Fed(tmp_path)
     fed.mask("alpha")
@@ -448,7 +453,7 @@ def test_state_file_is_never_silently_reset(tmp_path):
     with pytest.raises(FedxrayError, match="unreadable"):
         fed.mask("alpha", fed.updates["alpha"])
     with pytest.raises(FedxrayError, match="does not exist"):
-        protocol.mask_update(fed.update("bravo"), fed.plan, fed.sites["bravo"], tmp_path / "nope")
+        mask_update(fed.update("bravo"), fed.plan, fed.sites["bravo"], tmp_path / "nope")
     with (
         open_state(fed.dirs["bravo"], "bravo", fed.plan.federation_id),
         pytest.raises(FedxrayError, match="another fedxray process"),
@@ -458,7 +463,7 @@ def test_state_file_is_never_silently_reset(tmp_path):
 
 def test_server_state_file(tmp_path):
     from fedxray.secagg.server import ServerConfig
-    from fedxray.secagg.server_state import load_server_state, save_server_state
+    from fedxray.steps.server_state import load_server_state, save_server_state
 
     fed = Fed(tmp_path, n_sites=3)
     cfg = ServerConfig("momentum", lr=1.0, momentum=0.9)
@@ -497,7 +502,7 @@ def test_abandon_round(tmp_path):
         fed.plan, round_number=1, weights=fed.weights, parent="ee" * 32, provenance={},
         signer=fed.coord,
     ).data  # fmt: skip
-    nxt = protocol.abandon_round(fed.model, fed.plan, fed.coord, coord, reason="2 of 3")
+    nxt = abandon_round(fed.model, fed.plan, fed.coord, coord, reason="2 of 3").model
     model = load_model_artifact(nxt, fed.plan, round_number=2)
     prov = model.header.meta["provenance"]
     assert prov["abandoned"] and prov["reason"] == "2 of 3" and prov["sites"] == []
@@ -506,8 +511,8 @@ def test_abandon_round(tmp_path):
     with pytest.raises(ProtocolRefusal, match="abandoned"):
         fed.aggregate([*masked, fed.mask("charlie")])
     # Abandoning again re-issues the same weights; another round-1 model is not this round's.
-    protocol.abandon_round(fed.model, fed.plan, fed.coord, coord)
+    abandon_round(fed.model, fed.plan, fed.coord, coord)
     with pytest.raises(VerificationError, match="another global model"):
-        protocol.abandon_round(other, fed.plan, fed.coord, coord)
+        abandon_round(other, fed.plan, fed.coord, coord)
     with pytest.raises(VerificationError, match="not the coordinator"):
-        protocol.abandon_round(fed.model, fed.plan, fed.sites["alpha"], coord)
+        abandon_round(fed.model, fed.plan, fed.sites["alpha"], coord)

@@ -14,8 +14,9 @@ from torch import nn
 from fedxray.data.shard import Shard
 from fedxray.errors import BudgetExceededError, FedxrayError, ProtocolRefusal
 from fedxray.models import MODEL_NAMES, build_model, state_to_numpy
+from fedxray.models.inputs import preprocess, to_unit_range
 from fedxray.training import TrainSettings, dp_engine, train_round
-from fedxray.training.augment import augment, preprocess, to_unit_range
+from fedxray.training.augment import augment
 from fedxray.training.ledger import Ledger
 from fedxray.training.loop import _dp_epoch
 from fedxray.training.sampling import UnitSampler, resolve_unit

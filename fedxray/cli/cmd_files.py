@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 import typer
 
-from fedxray.cli.common import JsonOpt, KeyOpt, PlanOpt, QuietOpt, Ui
+from fedxray.cli.common import JsonOpt, KeyOpt, PlanOpt, QuietOpt, start
+from fedxray.fsio import read_input
+from fedxray.keys import load_private_key
+from fedxray.steps import inspection
 
 EXAMPLES = {
     "inspect": [
@@ -37,20 +41,15 @@ def inspect(
 
     The signature is NOT checked here; use `fedxray verify` for that.
     """
-    from fedxray.fsio import read_input
-    from fedxray.inspection import describe
+    ui = start(quiet, json_out)
+    info = inspection.describe(read_input(file), file)
 
-    ui = Ui(quiet, json_out)
-    info = describe(read_input(file), file)
-    if json_out:
-        ui.emit_json(info)
-        return
-    rows = {k: v for k, v in info.items() if k != "meta"}
-    ui.kv(file, rows)
-    if info.get("meta"):
-        import json
+    def render() -> None:
+        ui.kv(file, {k: v for k, v in info.items() if k != "meta"})
+        if info.get("meta"):
+            ui.info("meta: " + json.dumps(info["meta"], indent=1, default=str)[:4000])
 
-        ui.info("meta: " + json.dumps(info["meta"], indent=1, default=str)[:4000])
+    ui.done(info, render)
 
 
 def verify(
@@ -76,14 +75,10 @@ def verify(
     Exit 0: valid. Exit 3: verification failed (the reason is printed). For a plan, --key checks
     that this site's card is in it; compare the printed coordinator fingerprint by phone.
     """
-    from fedxray.fsio import read_input
-    from fedxray.inspection import verify_file
-    from fedxray.keys import load_private_key
-
-    ui = Ui(quiet, json_out)
+    ui = start(quiet, json_out)
     plan_data = read_input(plan, "plan") if plan is not None else None
     site_key = load_private_key(key) if key is not None else None
-    v = verify_file(
+    v = inspection.verify_file(
         read_input(file),
         file,
         plan_data=plan_data,
@@ -93,14 +88,13 @@ def verify(
         site_key=site_key,
         fingerprint=fingerprint,
     )
-    if json_out:
-        ui.emit_json(
-            {"ok": True, "kind": v.kind, "sender": v.sender, "round": v.round, **v.details}
-        )
-        return
-    ui.info(f"OK: {v.message}")
-    for k, val in v.details.items():
-        ui.info(f"  {k}: {', '.join(val) if isinstance(val, list) else val}")
+
+    def render() -> None:
+        ui.info(f"OK: {v.message}")
+        for k, val in v.details.items():
+            ui.info(f"  {k}: {', '.join(val) if isinstance(val, list) else val}")
+
+    ui.done(v.to_dict(), render)
 
 
 def register(app: typer.Typer) -> None:

@@ -7,8 +7,9 @@ from typing import Annotated
 
 import typer
 
-from fedxray.cli.common import ForceOpt, JsonOpt, QuietOpt, Ui, flags_for_settings
+from fedxray.cli.common import ForceOpt, JsonOpt, QuietOpt, Ui, start
 from fedxray.settings import option_default, settings_from_options
+from fedxray.steps.identity import create_identity
 
 EXAMPLES = {
     "keygen": [
@@ -41,36 +42,17 @@ def keygen(
     Send NAME.pub to the coordinator and read the fingerprint to them by phone. NAME.key never
     leaves the site and is never overwritten.
     """
-    from fedxray import keys
-    from fedxray.cards import card_bytes
-    from fedxray.errors import FedxrayError
-    from fedxray.fsio import check_writable, write_atomic
+    ui = start(quiet, json_out)
+    ident = create_identity(name, output)
 
-    ui = Ui(quiet, json_out)
-    keys.check_name(name)
-    if not output.is_dir():
-        raise FedxrayError(f"output folder does not exist: {output}")
-    key_path, card_path = output / f"{name}.key", output / f"{name}.pub"
-    if key_path.exists():
-        raise FedxrayError(
-            f"refusing to overwrite {key_path}", hint="private keys are never replaced"
+    def render() -> None:
+        ui.info(
+            f"wrote {ident.key_path} (private: keep it here) and {ident.card_path} (send it to "
+            "the coordinator)"
         )
-    check_writable(card_path)
-    ident = keys.generate(name)
-    keys.save_private_key(ident, key_path)
-    write_atomic(card_path, card_bytes(ident))
-    result = {
-        "name": name,
-        "key": str(key_path),
-        "card": str(card_path),
-        "fingerprint": ident.public.fingerprint,
-    }
-    if json_out:
-        ui.emit_json(result)
-    ui.info(
-        f"wrote {key_path} (private: keep it here) and {card_path} (send it to the coordinator)"
-    )
-    ui.info(f"fingerprint: {ident.public.fingerprint}")
+        ui.info(f"fingerprint: {ident.fingerprint}")
+
+    ui.done(ident.to_dict(), render)
 
 
 def init(
@@ -138,47 +120,34 @@ def init(
     Writes DIR/coordinator.key (kept if it already exists), DIR/coordinator.pub, DIR/NAME.plan
     and DIR/round-0001.model. Send NAME.plan and round-0001.model to every site.
     """
-    from fedxray.federation import initialise
+    from fedxray.steps.init import initialise
 
-    ui = Ui(quiet, json_out)
-    with flags_for_settings():
-        settings = settings_from_options(
-            model=model,
-            image_size=image_size,
-            classes=[c.strip() for c in classes.split(",") if c.strip()],
-            rounds=rounds,
-            local_epochs=local_epochs,
-            batch_size=batch_size,
-            lr=lr,
-            epsilon=epsilon,
-            delta=delta,
-            clip_norm=clip_norm,
-            allow_no_dp=allow_no_dp,
-            strict=strict,
-            server_opt=server_opt,
-            server_lr=server_lr,
-            min_sites=min_sites,
-        )
-        res = initialise(
-            name, output, cards, settings, init_weights=init_weights, seed=seed, force=force
-        )
+    ui = start(quiet, json_out)
+    settings = settings_from_options(
+        model=model,
+        image_size=image_size,
+        classes=[c.strip() for c in classes.split(",") if c.strip()],
+        rounds=rounds,
+        local_epochs=local_epochs,
+        batch_size=batch_size,
+        lr=lr,
+        epsilon=epsilon,
+        delta=delta,
+        clip_norm=clip_norm,
+        allow_no_dp=allow_no_dp,
+        strict=strict,
+        server_opt=server_opt,
+        server_lr=server_lr,
+        min_sites=min_sites,
+    )
+    res = initialise(
+        name, output, cards, settings, init_weights=init_weights, seed=seed, force=force
+    )
+    ui.done(res.to_dict(), lambda: _render_init(ui, res, name))
+
+
+def _render_init(ui: Ui, res, name: str) -> None:
     s = res.plan_summary
-    if json_out:
-        ui.emit_json(
-            {
-                "plan": str(res.plan_path),
-                "model": str(res.model_path),
-                "coordinator_key": str(res.key_path),
-                "coordinator_card": str(res.card_path),
-                "key_created": res.key_created,
-                "federation": s["federation"],
-                "coordinator_fingerprint": s["coordinator"]["fingerprint"],
-                "sites": s["sites"],
-                "settings": s["settings"],
-                "pretrained": res.pretrained,
-                "warnings": res.warnings,
-            }
-        )
     for w in res.warnings:
         ui.info(f"warning: {w}")
     ui.table(

@@ -8,7 +8,20 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from fedxray.cli.common import ForceOpt, JsonOpt, KeyOpt, PlanOpt, QuietOpt, Ui
+from fedxray.cli.common import (
+    ForceOpt,
+    JsonOpt,
+    KeyOpt,
+    PlanOpt,
+    QuietOpt,
+    Ui,
+    output_option,
+    start,
+)
+from fedxray.errors import FedxrayError
+from fedxray.keys import load_private_key
+from fedxray.plan import load_plan
+from fedxray.settings import DEFAULT_CLASSES
 
 EXAMPLES = {
     "prep": [
@@ -44,23 +57,18 @@ def prep(
             "or JPEG files.",
         ),
     ],
-    output: Annotated[
-        Path | None,
-        typer.Option(
-            "--output",
-            "-o",
-            metavar="SITE.shard",
-            help="The shard to write. Default with --key: NAME.shard in the current folder, "
-            "NAME being the key's site name; required without --key.",
-            show_default=False,
-        ),
-    ] = None,
+    output: output_option(
+        "The shard to write. Default with --key: NAME.shard in the current folder, NAME being "
+        "the key's site name; required without --key.",
+        "SITE.shard",
+    ) = None,
     plan: PlanOpt = None,
     key: KeyOpt = None,
     size: Annotated[
         int | None,
         typer.Option(
             "--size",
+            "--image-size",
             metavar="N",
             help="Image size in pixels, without a plan (the plan's size otherwise).",
             show_default=False,
@@ -119,20 +127,12 @@ def prep(
     written. The shard is written only when everything succeeded (mode 0600; it never leaves
     the site).
     """
-    from fedxray.data.prep import prepare
-    from fedxray.data.pseudonym import site_secret
-    from fedxray.data.shard_io import write_shard
-    from fedxray.errors import FedxrayError
-    from fedxray.fsio import check_writable
-    from fedxray.keys import load_private_key
-    from fedxray.settings import DEFAULT_CLASSES
+    from fedxray.steps.prep import prep_files
 
-    ui = Ui(quiet, json_out)
+    ui = start(quiet, json_out)
     wanted = None if classes is None else [c.strip() for c in classes.split(",") if c.strip()]
-    if plan is not None:
-        from fedxray.plan import load_plan
-
-        the_plan = load_plan(plan)
+    the_plan = load_plan(plan) if plan is not None else None
+    if the_plan is not None:
         image_size = the_plan.settings.model.image_size
         class_names = list(the_plan.settings.classes)
         _agree_with_plan(image_size, class_names, size, wanted, the_plan.name)
@@ -142,50 +142,35 @@ def prep(
             hint="before a federation exists, use --size N (and --classes A,B,...)",
         )
     else:
-        the_plan = None
         image_size, class_names = size, wanted or list(DEFAULT_CLASSES)
-    label_mode = _label_mode(labels)
-
     identity = load_private_key(key) if key is not None else None
-    if identity is not None and the_plan is not None:
-        the_plan.require_site(identity)
     if output is None:
         if identity is None:
             raise FedxrayError(
                 "no output file given", hint="pass -o SITE.shard (or --key SITE.key)"
             )
         output = Path(f"{identity.name}.shard")
-    if str(output) == "-":
-        raise FedxrayError("a shard cannot go to standard output", hint="pass -o SITE.shard")
-    check_writable(output, force=force)  # before the work, not after it
-    secret = site_secret(identity) if identity is not None else None
-
-    bar = ui.progress()
-    # Off the terminal (pipes, logs, CI) a bar is noise.
-    bar.disable = bar.disable or not ui.console.is_terminal
-    with bar:
+    with ui.progress() as bar:
         task = bar.add_task("preparing", total=None)
-        shard, report = prepare(
+        res = prep_files(
             inputs,
+            output,
             image_size=image_size,
             classes=class_names,
-            secret=secret,
-            label_mode=label_mode,
+            identity=identity,
+            plan=the_plan,
+            label_mode=_label_mode(labels),
             workers=workers,
+            force=force,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
-    write_shard(output, shard, force=force)
-    if json_out:
-        ui.emit_json({"output": str(output), **report.to_dict()})
-    _render(ui, report, output)
+    ui.done(res.to_dict(), lambda: _render(ui, res.report, res.output))
 
 
 def _agree_with_plan(
     image_size: int, classes: list[str], size: int | None, wanted: list[str] | None, name: str
 ) -> None:
     """--size / --classes beside a plan may only repeat what the plan says."""
-    from fedxray.errors import FedxrayError
-
     if size is not None and size != image_size:
         raise FedxrayError(
             f"--size {size} differs from the image size of plan {name} ({image_size})",
@@ -200,8 +185,6 @@ def _agree_with_plan(
 
 
 def _label_mode(labels: str) -> str | Path:
-    from fedxray.errors import FedxrayError
-
     if labels in _LABEL_MODES:
         return labels
     path = Path(labels)

@@ -8,7 +8,9 @@ from typing import Annotated
 
 import typer
 
-from fedxray.cli.common import JsonOpt, QuietOpt, Ui, flags_for_settings
+from fedxray.cli.common import JsonOpt, QuietOpt, start
+from fedxray.cli.render import render_report
+from fedxray.errors import FedxrayError
 from fedxray.simulation.runner import Simulation, SimulationConfig
 
 # The simulation's defaults: the plan's, except where tuned for the bundled sample data.
@@ -33,8 +35,6 @@ EXAMPLES = {
 
 
 def _parse_drops(values: list[str]) -> dict[int, set[str]]:
-    from fedxray.errors import FedxrayError
-
     drops: dict[int, set[str]] = {}
     for v in values:
         site, sep, rnd = v.rpartition("@")
@@ -111,7 +111,7 @@ def simulate(
     training, mask, aggregate and unmask, and the global model's metrics on held-out data;
     ends with the evaluation report (also in RUNDIR/report.json).
     """
-    ui = Ui(quiet, json_out)
+    ui = start(quiet, json_out)
     cfg = SimulationConfig(
         out=output,
         data=data,
@@ -161,15 +161,13 @@ def simulate(
                 f"MCC {_metric(info['metrics'], 'mcc')}"
             )
 
-    with flags_for_settings():
-        result = Simulation(cfg, on_event).run()
-    if json_out:
-        ui.emit_json(result)
-        return
-    from fedxray.cli.cmd_evaluate import render_report
+    result = Simulation(cfg, on_event).run()
 
-    render_report(ui, result["final_evaluation"], "final model on the held-out data")
-    ui.info(f"every file of the run is in {output}; report: {output / 'report.json'}")
+    def render() -> None:
+        render_report(ui, result["final_evaluation"], "final model on the held-out data")
+        ui.info(f"every file of the run is in {output}; report: {output / 'report.json'}")
+
+    ui.done(result, render)
 
 
 def register(app: typer.Typer) -> None:

@@ -217,7 +217,7 @@ def _check_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     return roots
 
 
-def _scan(root: Path, exclude: set[Path]) -> list[tuple[Path, str]]:
+def scan(root: Path, exclude: set[Path]) -> list[tuple[Path, str]]:
     """Files under root (sorted, hidden ones skipped) with their '/'-separated relative path."""
     if root.is_file():
         return [] if root.resolve() in exclude else [(root, root.name)]
@@ -254,7 +254,7 @@ def _label_files(
             str(labeler.csv_path) if labeler.csv_path else str(label_mode)
         )
         exclude = {labeler.csv_path.resolve()} if labeler.csv_path else set()
-        for path, rel in _scan(root, exclude):
+        for path, rel in scan(root, exclude):
             real = path.resolve()
             if real in seen:  # the same file reached through two inputs counts once
                 continue

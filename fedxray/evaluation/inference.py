@@ -9,27 +9,7 @@ import torch
 from torch import nn
 
 from fedxray.errors import FedxrayError
-
-_PIXEL_TYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
-
-
-def images_to_tensor(images: np.ndarray, channels: int = 1) -> torch.Tensor:
-    """uint8 / uint16 images [N, H, W] -> float32 model input [N, channels, H, W].
-
-    The scaling is training's own (fedxray.training.augment), so inputs match at test time;
-    ``channels`` 3 repeats the grey image for models built for colour input.
-    """
-    from fedxray.training.augment import normalize, to_unit_range
-
-    arr = np.asarray(images)
-    if arr.dtype not in _PIXEL_TYPES:
-        raise FedxrayError(f"images must be uint8 or uint16, got {arr.dtype}")
-    if arr.ndim != 3:
-        raise FedxrayError(f"images must have shape [N, H, W], got {list(arr.shape)}")
-    if channels not in (1, 3):
-        raise FedxrayError(f"input channels must be 1 or 3, got {channels}")
-    x = normalize(to_unit_range(arr))
-    return x if channels == 1 else x.expand(-1, channels, -1, -1).contiguous()
+from fedxray.models.inputs import images_to_tensor
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -39,7 +19,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
     except (RuntimeError, TypeError):
         raise FedxrayError(f"unknown device {device!r}", hint="use cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise FedxrayError(f"device {device} is not available", hint="use --device cpu")
+        raise FedxrayError(f"device {device} is not available", option="device", value="cpu")
     return dev
 
 

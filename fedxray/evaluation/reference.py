@@ -36,6 +36,7 @@ from fedxray.evaluation.metrics import (
     compute_metrics,
     to_optional,
 )
+from fedxray.fsio import read_input
 
 NOT_READ = -1
 # Below this many discordant pairs the chi-square approximation is poor: use the exact test.
@@ -222,8 +223,6 @@ def read_reads_csv(
     if isinstance(source, bytes | bytearray):
         raw = bytes(source)
     else:
-        from fedxray.fsio import read_input
-
         name = str(source)
         raw = read_input(source, what="reader labels")
     if image_ids is None:
@@ -239,7 +238,8 @@ def read_reads_csv(
         raise FedxrayError(
             f"{name} names images by 'file', which only the site key that prepared the shard "
             "can match to its images",
-            hint="pass that key with --key SITE.key, or name the images by image_id",
+            hint="give that key, or name the images by image_id",
+            option="key",
         )
 
     out = np.full(len(index), NOT_READ, dtype=np.int64)

@@ -22,9 +22,10 @@ from torch import nn
 
 from fedxray.data.shard import Shard
 from fedxray.errors import BudgetExceededError, FedxrayError, ProtocolRefusal
+from fedxray.models.inputs import ImageInput
 from fedxray.models.registry import build_model, load_numpy_state, state_to_numpy
 from fedxray.training import accounting, checkpoint
-from fedxray.training.augment import augment, normalize, to_unit_range
+from fedxray.training.augment import augment
 from fedxray.training.dp_engine import DPEngine
 from fedxray.training.ledger import Ledger, ledger_lock
 from fedxray.training.sampling import IMAGE, UnitSampler, resolve_unit
@@ -345,19 +346,19 @@ def _restore(path, keys, ledger, model, optimizer) -> tuple[int, list[float]]:
 
 # -- epochs -----------------------------------------------------------------------------------
 class _Batches:
-    """Turns image indices into model inputs (scaled, augmented, normalised) and labels."""
+    """Turns image indices into model inputs (the model's input view, augmented) and labels."""
 
     def __init__(self, shard, device, generator, settings):
         self.shard, self.device, self.generator = shard, device, generator
         self.labels = torch.from_numpy(np.asarray(shard.labels, dtype=np.int64))
         self.autocast = device.type == "cuda"
+        self.view = ImageInput()
 
     def __call__(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         idx = np.sort(idx)
-        x = to_unit_range(self.shard.images[idx]).to(self.device, non_blocking=True)
-        if self.generator is not None:
-            x = augment(x, self.generator)
-        return normalize(x), self.labels[idx].to(self.device)
+        jitter = None if self.generator is None else lambda x: augment(x, self.generator)
+        x = self.view(self.shard.images[idx], self.device, jitter)
+        return x, self.labels[idx].to(self.device)
 
     def forward(self, model, x):
         if self.autocast:  # mixed precision on GPU only

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from fedxray.artifact import build_artifact
+from fedxray.artifact import build_artifact, read_header
 from fedxray.data.shard_io import read_shard
 from fedxray.errors import FedxrayError, ProtocolRefusal
+from fedxray.filenames import round_file
+from fedxray.fsio import check_writable, read_input, write_atomic
 from fedxray.keys import PrivateIdentity
 from fedxray.modelfile import load_model_artifact
 from fedxray.plan import Plan
@@ -23,11 +25,13 @@ def default_ledger_path(key_path: str | os.PathLike, plan: Plan) -> Path:
     return key_path.with_name(f"{key_path.stem}-{plan.name}.ledger")
 
 
-@dataclass
+@dataclass(frozen=True)
 class LocalRound:
-    update: bytes
+    update: bytes  # the signed .update file (it stays at the site)
     result: RoundResult
     round: int
+    path: Path | None = None  # where the update was written
+    ledger: Path | None = None  # the privacy ledger the round was recorded in
 
     def summary(self) -> dict:
         r = self.result
@@ -71,11 +75,12 @@ def train_local(
         raise ProtocolRefusal(f"the global model is for round {r}; the plan has {rounds} rounds")
     if not dp and not plan.settings.dp.allow_no_dp:
         raise ProtocolRefusal(
-            "the plan forbids non-private updates (--no-dp)",
-            hint="the coordinator must create the federation with --allow-no-dp",
+            "the plan forbids non-private updates",
+            hint="the coordinator must create the federation allowing them",
+            option="allow_no_dp",
         )
     if local_epsilon_cap is not None and local_epsilon_cap <= 0:
-        raise FedxrayError("the local epsilon cap must be positive")
+        raise FedxrayError("the local epsilon cap must be positive", option="max_epsilon")
     shard = read_shard(shard_path)
     if checkpoint_dir is not None:
         Path(checkpoint_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -115,3 +120,38 @@ def train_local(
         signer=key,
     ).data
     return LocalRound(update, result, r)
+
+
+def train_file(
+    model: Path,
+    shard: Path,
+    plan: Plan,
+    key: PrivateIdentity,
+    key_path: Path,
+    *,
+    output: Path | None = None,
+    ledger: Path | None = None,
+    force: bool = False,
+    **options,
+) -> LocalRound:
+    """:func:`train_local` from a model file to ``output``, by default SITE-round-NNNN.update
+    beside the model; the ledger defaults to KEY-PLAN.ledger beside the key, checkpoints go
+    to a hidden folder beside the ledger."""
+    plan.require_site(key)
+    model_bytes = read_input(model, "global model")
+    r = read_header(model_bytes, str(model)).round
+    out = output or model.with_name(round_file("update", r, key.name))
+    check_writable(out, force=force)
+    ledger_path = ledger or default_ledger_path(key_path, plan)
+    checkpoints = Path(ledger_path).with_name(f".{key.name}-checkpoints")
+    local = train_local(
+        model_bytes,
+        shard,
+        plan,
+        key,
+        ledger_path=ledger_path,
+        checkpoint_dir=checkpoints,
+        **options,
+    )
+    write_atomic(out, local.update, force=force)
+    return replace(local, path=out, ledger=Path(ledger_path))
