@@ -15,11 +15,12 @@ from fedxray.data.shard import Shard
 from fedxray.errors import BudgetExceededError, FedxrayError, ProtocolRefusal
 from fedxray.models import MODEL_NAMES, build_model, state_to_numpy
 from fedxray.models.inputs import preprocess, to_unit_range
-from fedxray.training import TrainSettings, dp_engine, train_round
+from fedxray.training import dp_engine
 from fedxray.training.augment import augment
 from fedxray.training.ledger import Ledger
-from fedxray.training.loop import _dp_epoch
+from fedxray.training.loop import train_round
 from fedxray.training.sampling import UnitSampler, resolve_unit
+from fedxray.training.settings import TrainSettings
 
 SIZE = 16
 
@@ -193,16 +194,12 @@ def test_noise_std_is_sigma_c_over_expected_batch():
     before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
     s = settings(max_grad_norm=2.0)
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
-
-    class Empty:
-        num_units = 50
-
-        def sample(self, rng, q):
-            return np.array([], dtype=np.int64)
-
-    _dp_epoch(model, None, opt, None, Empty(), np.random.default_rng(0),
-              torch.Generator().manual_seed(0), q=0.2, steps=1, sigma=1.5, settings=s,
-              weights=None, step_done=lambda i: None)  # fmt: skip
+    private = dp_engine.PrivateOptimizer(
+        opt, dp_engine.DPEngine(model, s.max_grad_norm), noise_multiplier=1.5,
+        expected_batch_size=0.2 * 50, generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    private.zero_grad()
+    private.step()  # nothing was sampled: no clipped gradient, only noise
     after = torch.cat([p.detach().flatten() for p in model.parameters()])
     expected = 1.5 * 2.0 / (0.2 * 50)
     assert (before - after).std().item() == pytest.approx(expected, rel=0.02)
