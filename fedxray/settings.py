@@ -185,7 +185,7 @@ class FederationSettings(_Section):
         """Refuse impossible combinations for a federation of ``n_sites`` (at init)."""
         from fedxray.models.registry import check_model  # heavy: builds the model's shapes
 
-        check_model(self.model, len(self.classes), dp=self.dp.enabled)
+        check_model(self.model, len(self.classes))
         for section in (self.model, self.training, self.dp):
             section.check()
         ok = len(self.classes) >= 2 and len(set(self.classes)) == len(self.classes)

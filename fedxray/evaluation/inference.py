@@ -30,10 +30,12 @@ def predict_proba(
     device: str | torch.device = "cpu",
     progress: Callable[[int, int], None] | None = None,
     channels: int = 1,
+    view: Callable | None = None,
 ) -> np.ndarray:
     """Softmax probabilities float32 [N, K] of ``model`` on images [N, H, W].
 
-    ``channels``: the model's input channels (the plan's ``in_channels``).
+    ``view`` turns images into the model's input (the model's input view); by default the
+    images scaled and normalised, with ``channels`` channels (the plan's ``in_channels``).
     Runs in eval mode without gradients, one batch at a time (so memory stays bounded for
     large shards); the model's device and train/eval mode are restored afterwards.
     """
@@ -50,7 +52,9 @@ def predict_proba(
     try:
         with torch.no_grad():
             for start in range(0, n, batch_size):
-                x = images_to_tensor(images[start : start + batch_size], channels).to(dev)
+                batch = images[start : start + batch_size]
+                x = images_to_tensor(batch, channels) if view is None else view(batch)
+                x = x.to(dev)
                 logits = model(x)
                 if logits.ndim != 2 or logits.shape[0] != x.shape[0]:
                     raise FedxrayError(

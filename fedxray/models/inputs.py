@@ -67,7 +67,12 @@ class ImageInput:
         device: str | torch.device = "cpu",
         augment: Augment | None = None,
     ) -> torch.Tensor:
-        x = to_unit_range(images).to(device, non_blocking=True)
+        arr = np.asarray(images)
+        if arr.dtype not in _PIXEL_TYPES:
+            raise FedxrayError(f"images must be uint8 or uint16, got {arr.dtype}")
+        if arr.ndim != 3:
+            raise FedxrayError(f"images must have shape [N, H, W], got {list(arr.shape)}")
+        x = to_unit_range(arr).to(device, non_blocking=True)
         if augment is not None:
             x = augment(x)
         x = normalize(x)
@@ -76,9 +81,4 @@ class ImageInput:
 
 def images_to_tensor(images: np.ndarray, channels: int = 1) -> torch.Tensor:
     """uint8 / uint16 images [N, H, W] -> float32 model input [N, channels, H, W]."""
-    arr = np.asarray(images)
-    if arr.dtype not in _PIXEL_TYPES:
-        raise FedxrayError(f"images must be uint8 or uint16, got {arr.dtype}")
-    if arr.ndim != 3:
-        raise FedxrayError(f"images must have shape [N, H, W], got {list(arr.shape)}")
-    return ImageInput(channels)(arr)
+    return ImageInput(channels)(images)

@@ -116,7 +116,7 @@ def evaluate_shard(
         shard.images,
         batch_size=batch_size,
         device=device,
-        channels=model.in_channels,
+        view=model.view,
         progress=_stage(progress, "predict"),
     )
     return evaluate(

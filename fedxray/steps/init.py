@@ -20,6 +20,7 @@ from fedxray.models.registry import build_model, state_to_numpy
 from fedxray.plan import create_plan, plan_from_bytes
 from fedxray.settings import FederationSettings
 from fedxray.steps.identity import Identity, ensure_identity
+from fedxray.training.dp_engine import private_layers
 
 COORDINATOR = "coordinator"
 
@@ -127,6 +128,8 @@ def initialise(
 
     m = plan.settings.model
     model = build_model(m.arch, m.image_size, len(plan.settings.classes), m.in_channels, seed=seed)
+    if plan.settings.dp.enabled:
+        _check_private_training(model, m.arch)
     weights = state_to_numpy(model)
     pretrained = None
     if init_weights is not None:
@@ -156,3 +159,14 @@ def initialise(
         pretrained,
         plan.settings.warnings(),
     )
+
+
+def _check_private_training(model, arch: str) -> None:
+    """The plan asks for DP-SGD: every trainable layer must be one the DP engine can clip."""
+    try:
+        private_layers(model)
+    except FedxrayError as e:
+        raise FedxrayError(
+            f"model {arch} cannot be trained with differential privacy: {e.message}",
+            hint="use layers the DP engine supports (Conv2d, Linear, GroupNorm)",
+        ) from None

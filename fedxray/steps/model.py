@@ -17,7 +17,7 @@ from fedxray.artifact import peek_header, read_header
 from fedxray.errors import FedxrayError
 from fedxray.fsio import is_stdio, read_input
 from fedxray.modelfile import load_model_artifact
-from fedxray.models.registry import build_model, load_numpy_state
+from fedxray.models.registry import build_model, get_spec, load_numpy_state
 from fedxray.plan import Plan, load_plan
 
 
@@ -43,6 +43,11 @@ class LoadedModel:
     @property
     def in_channels(self) -> int:
         return self.plan.settings.model.in_channels
+
+    @property
+    def view(self):
+        """The model's input view: how images become its input."""
+        return get_spec(self.plan.settings.model.arch).input_view(self.in_channels)
 
     def describe(self) -> dict:
         return {

@@ -92,7 +92,7 @@ def predict_files(
                     np.stack(images),
                     batch_size=len(images),
                     device=device,
-                    channels=model.in_channels,
+                    view=model.view,
                 )
             )
         for path, x in pending:

@@ -37,6 +37,27 @@ _MATERIALISE_ELEMENTS = 1 << 24
 _GHOST_RATIO = 12
 
 
+def private_layers(model: nn.Module) -> list[nn.Module]:
+    """The layers whose per-example gradients the engine computes. A model with a trainable
+    layer the engine does not support cannot be trained with DP: FedxrayError."""
+    layers = []
+    for name, module in model.named_modules():
+        own = [p for p in module.parameters(recurse=False) if p.requires_grad]
+        if not own:
+            continue
+        if not isinstance(module, _SUPPORTED):
+            raise FedxrayError(
+                f"layer {name or '<root>'} ({type(module).__name__}) is not supported by "
+                "the DP engine"
+            )
+        if isinstance(module, nn.Conv2d) and (module.groups != 1 or module.padding_mode != "zeros"):
+            raise FedxrayError(f"layer {name}: grouped or non-zero-padded convolutions unsupported")
+        if isinstance(module, nn.GroupNorm) and not module.affine:
+            continue
+        layers.append(module)
+    return layers
+
+
 class DPEngine:
     """Attach to a model; ``clipped_backward`` fills ``.grad`` with the clipped per-example sum."""
 
@@ -45,29 +66,10 @@ class DPEngine:
             raise FedxrayError(f"max_grad_norm must be positive, got {max_grad_norm}")
         self.model = model
         self.max_grad_norm = float(max_grad_norm)
-        self._layers: list[nn.Module] = []
+        self._layers = private_layers(model)
         self._records: dict[nn.Module, tuple[torch.Tensor, torch.Tensor, int]] = {}
         self._armed = False
-        self._handles = []
-        for name, module in model.named_modules():
-            own = [p for p in module.parameters(recurse=False) if p.requires_grad]
-            if not own:
-                continue
-            if not isinstance(module, _SUPPORTED):
-                raise FedxrayError(
-                    f"layer {name or '<root>'} ({type(module).__name__}) is not supported by "
-                    "the DP engine"
-                )
-            if isinstance(module, nn.Conv2d) and (
-                module.groups != 1 or module.padding_mode != "zeros"
-            ):
-                raise FedxrayError(
-                    f"layer {name}: grouped or non-zero-padded convolutions unsupported"
-                )
-            if isinstance(module, nn.GroupNorm) and not module.affine:
-                continue
-            self._layers.append(module)
-            self._handles.append(module.register_forward_hook(self._capture))
+        self._handles = [m.register_forward_hook(self._capture) for m in self._layers]
 
     def detach(self) -> None:
         """Remove the hooks (the model is then an ordinary module again)."""

@@ -22,8 +22,7 @@ from torch import nn
 
 from fedxray.data.shard import Shard
 from fedxray.errors import FedxrayError, ProtocolRefusal
-from fedxray.models.inputs import ImageInput
-from fedxray.models.registry import build_model, load_numpy_state, state_to_numpy
+from fedxray.models.registry import build_model, get_spec, load_numpy_state, state_to_numpy
 from fedxray.training import budget, checkpoint
 from fedxray.training.augment import augment
 from fedxray.training.dp_engine import DPEngine, PrivateOptimizer
@@ -208,7 +207,7 @@ class _Batches:
         self.shard, self.device, self.generator = shard, device, generator
         self.labels = torch.from_numpy(np.asarray(shard.labels, dtype=np.int64))
         self.autocast = device.type == "cuda"
-        self.view = ImageInput()
+        self.view = get_spec(settings.arch).input_view(1)
 
     def __call__(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         idx = np.sort(idx)

@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass
 
 from fedxray.errors import FedxrayError
-from fedxray.models.registry import MODEL_NAMES
+from fedxray.models.registry import model_names
 from fedxray.settings import FederationSettings
 
 OPTIMIZERS = ("sgd", "adam")
@@ -50,8 +50,8 @@ class TrainSettings:
         def bad(msg: str) -> FedxrayError:
             return FedxrayError(f"invalid training settings: {msg}")
 
-        if self.arch not in MODEL_NAMES:
-            raise bad(f"unknown arch {self.arch!r} (choose {', '.join(MODEL_NAMES)})")
+        if self.arch not in model_names():
+            raise bad(f"unknown arch {self.arch!r} (choose {', '.join(model_names())})")
         if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
             raise bad("need at least two distinct classes")
         for name in ("image_size", "local_epochs", "rounds", "batch_size", "physical_batch_size"):
