@@ -227,28 +227,12 @@ class _PresplitSimulation(Simulation):
 
 def run_federated(parts: list[Shard], held: Shard, args, dp: bool, out: Path) -> list[Outcome]:
     """The simulation's final model, then the mean of its last k models for each --average k."""
+    same = ("rounds", "local_epochs", "seed", "image_size", "epsilon", "delta", "batch_size",
+            "server_opt", "server_lr", "holdout", "bootstrap", "workers", "device")  # fmt: skip
     cfg = SimulationConfig(
-        out=out,
-        data=Path(args.data),
-        sites=len(parts),
-        rounds=args.rounds,
-        local_epochs=args.local_epochs,
-        dp=dp,
-        seed=args.seed,
-        model=args.arch,
-        image_size=args.image_size,
-        epsilon=args.epsilon,
-        delta=args.delta,
-        batch_size=args.batch_size,
-        lr=_lr(args, dp),
-        clip_norm=args.clip,
-        server_opt=args.server_opt,
-        server_lr=args.server_lr,
-        holdout=args.holdout,
-        bootstrap=args.bootstrap,
-        workers=args.workers,
-        device=args.device,
-    )
+        out=out, data=Path(args.data), sites=len(parts), dp=dp, model=args.arch,
+        lr=_lr(args, dp), clip_norm=args.clip, **{k: getattr(args, k) for k in same},
+    )  # fmt: skip
 
     def event(kind: str, info: dict) -> None:
         if kind == "round":

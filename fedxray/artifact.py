@@ -14,6 +14,7 @@ header: it pins the payload through the payload hash inside.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -79,17 +80,7 @@ class Header:
     format: int = FORMAT_VERSION
 
     def to_dict(self) -> dict:
-        return {
-            "format": self.format,
-            "kind": self.kind,
-            "federation": self.federation,
-            "round": self.round,
-            "sender": self.sender,
-            "created": self.created,
-            "parent": self.parent,
-            "payload_sha256": self.payload_sha256,
-            "meta": self.meta,
-        }
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)

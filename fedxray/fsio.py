@@ -24,6 +24,11 @@ def shown(path: str | os.PathLike, stream: str = "standard output") -> str:
     return stream if is_stdio(path) else str(path)
 
 
+def input_name(path: str | os.PathLike) -> str:
+    """How messages name an input: its file name, or standard input."""
+    return "standard input" if is_stdio(path) else Path(path).name
+
+
 def read_input(path: str | os.PathLike, what: str = "file") -> bytes:
     """Read a whole input once; ``-`` reads standard input."""
     if is_stdio(path):

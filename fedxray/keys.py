@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from fedxray.errors import FedxrayError
-from fedxray.fsio import read_input, write_atomic
+from fedxray.fsio import is_stdio, read_input, write_atomic
 
 KEY_FORMAT = "fedxray-private-key-v1"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -167,7 +167,7 @@ def save_private_key(ident: PrivateIdentity, path: str | os.PathLike) -> None:
 
 def load_private_key(path: str | os.PathLike) -> PrivateIdentity:
     p = Path(path)
-    if str(path) == "-":
+    if is_stdio(path):
         raise FedxrayError("private keys are read from a file, not standard input")
     try:
         st = p.stat()

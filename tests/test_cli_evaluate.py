@@ -244,23 +244,16 @@ def test_shard_must_fit_the_model(fed, tmp_path):
     r = run_cli("evaluate", fed["model"], tmp_path / "big.shard")
     assert r.code == EXIT_ERROR and "48 px" in r.err and "--image-size 32" in r.err
 
-    two = Shard(
-        rng.integers(0, 255, (n, SIZE, SIZE), dtype=np.uint8),
-        np.array([0, 1, 1, 0]),
-        ["normal", "pneumonia"],
-        SIZE,
-    )
+    def pixels():
+        return rng.integers(0, 255, (n, SIZE, SIZE), dtype=np.uint8)
+
+    two = Shard(pixels(), np.array([0, 1, 1, 0]), ["normal", "pneumonia"], SIZE)
     write_shard(tmp_path / "two.shard", two)
     r = run_cli("evaluate", fed["model"], tmp_path / "two.shard")
     assert r.code == EXIT_ERROR and "pneumonia" in r.err and "normal, bacterial, viral" in r.err
 
     # The same classes in another order are relabelled, not refused.
-    shuffled = Shard(
-        rng.integers(0, 255, (n, SIZE, SIZE), dtype=np.uint8),
-        np.array([0, 1, 2, 2]),
-        ["viral", "normal", "bacterial"],
-        SIZE,
-    )
+    shuffled = Shard(pixels(), np.array([0, 1, 2, 2]), ["viral", "normal", "bacterial"], SIZE)
     write_shard(tmp_path / "shuffled.shard", shuffled)
     doc = _json(
         run_cli("evaluate", fed["model"], tmp_path / "shuffled.shard", "--bootstrap", "0", "--json")

@@ -22,24 +22,11 @@ from fedxray.data.shard_io import read_shard
 from fedxray.errors import EXIT_ERROR
 from fedxray.keys import load_private_key
 from tests.cli_helpers import run_cli
-from tests.conftest import REPO
+from tests.conftest import PHI_KEYWORDS, REPO
 
 SAMPLE = REPO / "sample_data"
 PER_CLASS = 2
 ONE_JSON = ("--workers", "1", "--json")
-PHI_KEYWORDS = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "StudyDate",
-    "AccessionNumber",
-    "InstitutionName",
-    "ReferringPhysicianName",
-    "StationName",
-    "StudyInstanceUID",
-    "SeriesInstanceUID",
-    "SOPInstanceUID",
-)
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from fedxray.steps.mask import mask_update
 from fedxray.steps.reveal import reveal
 from fedxray.steps.unmask import unmask
 from fedxray.verification import load_artifact
+from tests.artifacts import resign
 
 SITES = ("alpha", "bravo", "charlie", "delta")
 
@@ -255,16 +256,14 @@ def test_aggregate_rejections(tmp_path):
     # Signed by someone who is not a member, or claiming to be a member.
     mallory = keys.generate("mallory")
     art = load_artifact(masked["alpha"], plan=fed.plan, kind="masked")
-    h = art.header
-    fake = dict(federation=h.federation, round=1, parent=h.parent, meta=h.meta, tensors=art.tensors)
-    outsider = build_artifact("masked", sender="mallory", signer=mallory, **fake).data
+    outsider = resign(art, mallory, round=1)
     with pytest.raises(VerificationError, match="not a member"):
         fed.aggregate([*ok, outsider])
     impostor = keys.PrivateIdentity(
         "delta", mallory.signing_key, mallory.kx_private, mallory.secret
     )
     with pytest.raises(VerificationError, match="signature"):
-        fed.aggregate([*ok, build_artifact("masked", sender="delta", signer=impostor, **fake).data])
+        fed.aggregate([*ok, resign(art, impostor, round=1)])
     # The same site twice.
     with pytest.raises(VerificationError, match="second masked update from alpha"):
         fed.aggregate([*ok, fed.mask("alpha", fed.updates["alpha"])])
@@ -380,16 +379,7 @@ def test_unmask_checks_inputs(tmp_path):
     # A reveal whose seeds were tampered with (re-signed by the site itself) is detected.
     art = load_artifact(reveals[0], plan=fed.plan, kind="reveal")
     pairs = {p: "00" * 32 for p in art.header.meta["pairs"]}
-    wrong = build_artifact(
-        "reveal",
-        federation=fed.plan.federation_id,
-        round=1,
-        sender="alpha",
-        parent=art.header.parent,
-        meta={**art.header.meta, "pairs": pairs},
-        tensors={},
-        signer=fed.sites["alpha"],
-    ).data
+    wrong = resign(art, fed.sites["alpha"], meta={**art.header.meta, "pairs": pairs})
     with pytest.raises(VerificationError, match="do not remove the masks"):
         fed.unmask(total, [wrong, *reveals[1:]])
     # The sum belongs to the round-1 model, not to another one.
@@ -427,16 +417,9 @@ def test_mask_input_checks_and_clipping_warning(tmp_path):
         mask_update(fed.update("bravo"), fed.plan, fed.sites["alpha"], tmp_path)
     upd = load_artifact(fed.update("bravo"), plan=fed.plan, kind="update")
     big = {n: np.asarray(t) * 0 + 3.0 for n, t in upd.tensors.items()}  # clip is 1.0
-    data = build_artifact(
-        "update",
-        federation=fed.plan.federation_id,
-        round=1,
-        sender="bravo",
-        parent=upd.header.parent,
-        meta=upd.header.meta,
-        tensors={n: t.astype(np.float32) for n, t in big.items()},
-        signer=fed.sites["bravo"],
-    ).data
+    data = resign(
+        upd, fed.sites["bravo"], tensors={n: t.astype(np.float32) for n, t in big.items()}
+    )
     notes = mask_update(data, fed.plan, fed.sites["bravo"], fed.dirs["bravo"]).warnings
     n = sum(t.size for t in big.values())
     assert notes == [f"{n} of {n} values were clipped to the plan's range ±1"]

@@ -9,16 +9,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from fedxray.cli.common import (
-    ForceOpt,
-    JsonOpt,
-    KeyOpt,
-    PlanOpt,
-    QuietOpt,
-    Ui,
-    output_option,
-    start,
-)
+from fedxray.cli.common import KeyOpt, PlanOpt, Run, Ui, argument, command, output_option
 from fedxray.cli.render import StageBar, render_report
 from fedxray.errors import FedxrayError
 from fedxray.fsio import check_writable, is_stdio, write_atomic
@@ -68,14 +59,11 @@ DeviceOpt = Annotated[
 _PROGRESS_FROM = 20
 
 
+@command(force=True)
 def evaluate_cmd(
-    model: Annotated[
-        Path, typer.Argument(metavar="MODEL", help="The global model (.model) to evaluate.")
-    ],
-    shard: Annotated[
-        Path,
-        typer.Argument(metavar="TEST.shard", help="Held-out test images made by `fedxray prep`."),
-    ],
+    run: Run,
+    model: argument("MODEL", "The global model (.model) to evaluate."),
+    shard: argument("TEST.shard", "Held-out test images made by `fedxray prep`."),
     plan: PlanOpt = None,
     reference: Annotated[
         Path | None,
@@ -110,9 +98,6 @@ def evaluate_cmd(
     ] = None,
     batch_size: BatchOpt = DEFAULT_BATCH,
     device: DeviceOpt = "cpu",
-    force: ForceOpt = False,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
 ) -> None:
     """Measure a global model on a test shard, with 95% bootstrap confidence intervals.
 
@@ -129,9 +114,8 @@ def evaluate_cmd(
     """
     from fedxray.steps.evaluate import evaluate_files
 
-    ui = start(quiet, json_out)
     identity = load_private_key(key) if key is not None and reference is not None else None
-    with StageBar(ui) as bar:
+    with StageBar(run.ui) as bar:
         res = evaluate_files(
             model,
             shard,
@@ -143,10 +127,10 @@ def evaluate_cmd(
             plots=plots,
             batch_size=batch_size,
             device=device,
-            force=force,
+            force=run.force,
             progress=bar,
         )
-    ui.done(res.to_dict(), lambda: _render_evaluation(ui, res))
+    run.done(res.to_dict(), lambda: _render_evaluation(run.ui, res))
 
 
 def _render_evaluation(ui: Ui, res) -> None:
@@ -163,10 +147,14 @@ def _render_evaluation(ui: Ui, res) -> None:
 # ---- predict ----------------------------------------------------------------------------
 
 
+@command(
+    force=True,
+    json_help="Write JSON lines (one object per image) instead of CSV. Unlike --json elsewhere, "
+    "this is one document per line, so the rows can stream.",
+)
 def predict(
-    model: Annotated[
-        Path, typer.Argument(metavar="MODEL", help="The global model (.model) to run.")
-    ],
+    run: Run,
+    model: argument("MODEL", "The global model (.model) to run."),
     inputs: Annotated[
         list[Path],
         typer.Argument(
@@ -181,16 +169,6 @@ def predict(
     ) = None,
     batch_size: BatchOpt = DEFAULT_BATCH,
     device: DeviceOpt = "cpu",
-    force: ForceOpt = False,
-    json_out: Annotated[
-        bool,
-        typer.Option(
-            "--json",
-            help="Write JSON lines (one object per image) instead of CSV. Unlike --json "
-            "elsewhere, this is one document per line, so the rows can stream.",
-        ),
-    ] = False,
-    quiet: QuietOpt = False,
 ) -> None:
     """Classify radiographs with a global model: one row per image, CSV by default.
 
@@ -207,10 +185,9 @@ def predict(
     from fedxray.steps.model import load_model
     from fedxray.steps.predict import format_predictions, predict_files, scan_inputs
 
-    ui = start(quiet, False)
     to_stdout = output is None or is_stdio(output)
     if not to_stdout:
-        check_writable(output, force=force)
+        check_writable(output, force=run.force)
     loaded = load_model(model, plan)
     paths = scan_inputs(inputs)
     counts = {"ok": 0, "skipped": 0}
@@ -230,7 +207,7 @@ def predict(
                     )
             yield pred
 
-    with ui.progress(enough_work=len(paths) >= _PROGRESS_FROM) as bar:
+    with run.ui.progress(enough_work=len(paths) >= _PROGRESS_FROM) as bar:
         task = bar.add_task("classifying", total=len(paths))
         preds = predict_files(
             loaded,
@@ -239,7 +216,8 @@ def predict(
             device=device,
             progress=lambda done, total: bar.update(task, completed=done),
         )
-        for chunk in format_predictions(watch(preds), loaded.classes, json_out, header=True):
+        rows = format_predictions(watch(preds), loaded.classes, run.ui.json_mode, header=True)
+        for chunk in rows:
             held.append(chunk)
             # Stream once an image succeeded; if none does, nothing at all goes out.
             if to_stdout and counts["ok"]:
@@ -256,10 +234,10 @@ def predict(
         sys.stdout.write("".join(held))
         sys.stdout.flush()
     else:
-        write_atomic(output, "".join(held).encode("utf-8"), force=force, mode=0o600)
+        write_atomic(output, "".join(held).encode("utf-8"), force=run.force, mode=0o600)
     skipped = f", skipped {counts['skipped']} file(s)" if counts["skipped"] else ""
     where = "" if to_stdout else f" into {output}"
-    ui.info(escape(f"classified {counts['ok']} image(s){skipped}{where}"))
+    run.ui.info(escape(f"classified {counts['ok']} image(s){skipped}{where}"))
 
 
 def register(app: typer.Typer) -> None:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from fedxray.cli.common import JsonOpt, KeyOpt, PlanOpt, QuietOpt, start
+from fedxray.cli.common import KeyOpt, PlanOpt, Run, argument, command
 from fedxray.fsio import read_input
 from fedxray.keys import load_private_key
 from fedxray.steps import inspection
@@ -30,32 +30,29 @@ EXAMPLES = {
 }
 
 
+@command()
 def inspect(
-    file: Annotated[
-        str, typer.Argument(metavar="FILE", help="Any fedxray file, or - for standard input.")
-    ],
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
+    run: Run,
+    file: argument("FILE", "Any fedxray file, or - for standard input.", str),
 ) -> None:
     """Show a file's header: kind, federation, round, sender, parent, checksums.
 
     The signature is NOT checked here; use `fedxray verify` for that.
     """
-    ui = start(quiet, json_out)
     info = inspection.describe(read_input(file), file)
 
     def render() -> None:
-        ui.kv(file, {k: v for k, v in info.items() if k != "meta"})
+        run.ui.kv(file, {k: v for k, v in info.items() if k != "meta"})
         if info.get("meta"):
-            ui.info("meta: " + json.dumps(info["meta"], indent=1, default=str)[:4000])
+            run.ui.info("meta: " + json.dumps(info["meta"], indent=1, default=str)[:4000])
 
-    ui.done(info, render)
+    run.done(info, render)
 
 
+@command()
 def verify(
-    file: Annotated[
-        str, typer.Argument(metavar="FILE", help="The file to check, or - for standard input.")
-    ],
+    run: Run,
+    file: argument("FILE", "The file to check, or - for standard input.", str),
     plan: PlanOpt = None,
     kind: Annotated[
         str | None, typer.Option("--kind", help="Expected kind (default: from the file name).")
@@ -67,15 +64,12 @@ def verify(
         str | None,
         typer.Option("--fingerprint", help="Expected coordinator fingerprint (for a plan)."),
     ] = None,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
 ) -> None:
     """Check a file's signature and provenance against the plan; the exit code is the verdict.
 
     Exit 0: valid. Exit 3: verification failed (the reason is printed). For a plan, --key checks
     that this site's card is in it; compare the printed coordinator fingerprint by phone.
     """
-    ui = start(quiet, json_out)
     plan_data = read_input(plan, "plan") if plan is not None else None
     site_key = load_private_key(key) if key is not None else None
     v = inspection.verify_file(
@@ -90,11 +84,11 @@ def verify(
     )
 
     def render() -> None:
-        ui.info(f"OK: {v.message}")
+        run.ui.info(f"OK: {v.message}")
         for k, val in v.details.items():
-            ui.info(f"  {k}: {', '.join(val) if isinstance(val, list) else val}")
+            run.ui.info(f"  {k}: {', '.join(val) if isinstance(val, list) else val}")
 
-    ui.done(v.to_dict(), render)
+    run.done(v.to_dict(), render)
 
 
 def register(app: typer.Typer) -> None:

@@ -8,16 +8,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from fedxray.cli.common import (
-    ForceOpt,
-    JsonOpt,
-    KeyOpt,
-    PlanOpt,
-    QuietOpt,
-    Ui,
-    output_option,
-    start,
-)
+from fedxray.cli.common import KeyOpt, PlanOpt, Run, Ui, command, output_option
 from fedxray.errors import FedxrayError
 from fedxray.keys import load_private_key
 from fedxray.plan import load_plan
@@ -48,7 +39,9 @@ _LABEL_MODES = ("auto", "folders", "kermany")
 _SOURCE_NAMES = {"auto": "folder names", "folders": "folder names", "kermany": "Kermany file names"}
 
 
+@command(force=True)
 def prep(
+    run: Run,
     inputs: Annotated[
         list[Path],
         typer.Argument(
@@ -103,9 +96,6 @@ def prep(
             show_default=False,
         ),
     ] = None,
-    force: ForceOpt = False,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
 ) -> None:
     """Prepare a site's radiographs: decode, label, de-identify, write one shard file.
 
@@ -129,7 +119,6 @@ def prep(
     """
     from fedxray.steps.prep import prep_files
 
-    ui = start(quiet, json_out)
     wanted = None if classes is None else [c.strip() for c in classes.split(",") if c.strip()]
     the_plan = load_plan(plan) if plan is not None else None
     if the_plan is not None:
@@ -150,7 +139,7 @@ def prep(
                 "no output file given", hint="pass -o SITE.shard (or --key SITE.key)"
             )
         output = Path(f"{identity.name}.shard")
-    with ui.progress() as bar:
+    with run.ui.progress() as bar:
         task = bar.add_task("preparing", total=None)
         res = prep_files(
             inputs,
@@ -161,10 +150,10 @@ def prep(
             plan=the_plan,
             label_mode=_label_mode(labels),
             workers=workers,
-            force=force,
+            force=run.force,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
-    ui.done(res.to_dict(), lambda: _render(ui, res.report, res.output))
+    run.done(res.to_dict(), lambda: _render(run.ui, res.report, res.output))
 
 
 def _agree_with_plan(

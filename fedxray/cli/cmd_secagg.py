@@ -7,16 +7,7 @@ from typing import Annotated
 
 import typer
 
-from fedxray.cli.common import (
-    ForceOpt,
-    JsonOpt,
-    KeyOpt,
-    PlanOpt,
-    QuietOpt,
-    output_option,
-    party,
-    start,
-)
+from fedxray.cli.common import Run, argument, command, output_option
 from fedxray.fsio import shown
 from fedxray.steps.abandon import AbandonResult, abandon_file
 from fedxray.steps.aggregate import AggregateResult, aggregate_files
@@ -72,22 +63,15 @@ EXAMPLES = {
 # --- mask (site) ------------------------------------------------------------------------------
 
 
+@command(acts_as="site", outputs=("output",))
 def mask(
-    update: Annotated[
-        Path,
-        typer.Argument(
-            metavar="SITE.update",
-            help="This site's update (from train-local), or - for standard input.",
-        ),
-    ],
+    run: Run,
+    update: argument(
+        "SITE.update", "This site's update (from train-local), or - for standard input."
+    ),
     output: output_option(
         "Masked file, or - for standard output. Default: the update's name with .masked."
     ) = None,
-    plan: PlanOpt = None,
-    key: KeyOpt = None,
-    force: ForceOpt = False,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
 ) -> None:
     """Mask this site's update for secure aggregation: the file that goes to the coordinator.
 
@@ -98,21 +82,8 @@ def mask(
     masked is refused (exit 5); masking the same update again remakes the same masked values,
     so a lost .masked file can be recovered.
     """
-    ui = start(quiet, json_out, output)
-    me = party(plan, key, coordinator=False)
-    res = mask_file(update, me.plan, me.identity, me.state_dir, output=output, force=force)
-    ui.done(_mask_doc(res), lambda: _render_mask(ui, res))
-
-
-def _mask_doc(res: MaskResult) -> dict:
-    return {
-        "masked": str(res.path),
-        "round": res.round,
-        "site": res.site,
-        "federation": res.federation,
-        "bytes": len(res.data),
-        "warnings": res.warnings,
-    }
+    res = mask_file(update, run.party, output=output, force=run.force)
+    run.done(res.to_dict(), lambda: _render_mask(run.ui, res))
 
 
 def _render_mask(ui, res: MaskResult) -> None:
@@ -127,7 +98,9 @@ def _render_mask(ui, res: MaskResult) -> None:
 # --- aggregate (coordinator) ------------------------------------------------------------------
 
 
+@command(acts_as="coordinator", outputs=("output", "closure"))
 def aggregate(
+    run: Run,
     masked: Annotated[
         list[Path],
         typer.Argument(
@@ -155,11 +128,6 @@ def aggregate(
             show_default=False,
         ),
     ] = None,
-    plan: PlanOpt = None,
-    key: KeyOpt = None,
-    force: ForceOpt = False,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
 ) -> None:
     """Coordinator: verify and add up the sites' masked updates of one round.
 
@@ -174,36 +142,18 @@ def aggregate(
     sites, each answers with `fedxray reveal`, and read the printed closure id to them by
     phone (reveal prints the same id).
     """
-    ui = start(quiet, json_out, output, closure)
-    me = party(plan, key, coordinator=True)
-    with ui.progress() as bar:
+    with run.ui.progress() as bar:
         task = bar.add_task("aggregating", total=len(masked))
         res = aggregate_files(
             masked,
-            me.plan,
-            me.identity,
-            me.state_dir,
+            run.party,
             round=round_number,
             output=output,
             closure_output=closure,
-            force=force,
+            force=run.force,
             progress=lambda done, _n: bar.update(task, completed=done),
         )
-    ui.done(_aggregate_doc(res), lambda: _render_aggregate(ui, res))
-
-
-def _aggregate_doc(res: AggregateResult) -> dict:
-    return {
-        "round": res.round,
-        "sum": str(res.sum_path),
-        "closure": None if res.closure_path is None else str(res.closure_path),
-        "closure_id": res.closure_id,
-        "closure_code": res.closure_code,
-        "survivors": res.survivors,
-        "dropped": res.dropped,
-        "strict": res.strict,
-        "reveal_from": res.reveal_from,
-    }
+    run.done(res.to_dict(), lambda: _render_aggregate(run.ui, res))
 
 
 def _render_aggregate(ui, res: AggregateResult) -> None:
@@ -226,23 +176,16 @@ def _render_aggregate(ui, res: AggregateResult) -> None:
 # --- reveal (site) ----------------------------------------------------------------------------
 
 
+@command(acts_as="site", outputs=("output",))
 def reveal(
-    closure: Annotated[
-        Path,
-        typer.Argument(
-            metavar="ROUND.closure",
-            help="The closure the coordinator sent, or - for standard input.",
-        ),
-    ],
+    run: Run,
+    closure: argument(
+        "ROUND.closure", "The closure the coordinator sent, or - for standard input."
+    ),
     output: output_option(
         "The reveal file, or - for standard output. Default: SITE-round-NNNN.reveal beside the "
         "closure."
     ) = None,
-    plan: PlanOpt = None,
-    key: KeyOpt = None,
-    force: ForceOpt = False,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
 ) -> None:
     """Answer the coordinator's closure: release this round's seeds shared with dropped sites.
 
@@ -255,23 +198,8 @@ def reveal(
     printed closure id with the one the coordinator reads to you by phone before sending the
     .reveal file back.
     """
-    ui = start(quiet, json_out, output)
-    me = party(plan, key, coordinator=False)
-    res = reveal_file(closure, me.plan, me.identity, me.state_dir, output=output, force=force)
-    ui.done(_reveal_doc(res), lambda: _render_reveal(ui, res))
-
-
-def _reveal_doc(res: RevealResult) -> dict:
-    return {
-        "reveal": str(res.path),
-        "round": res.round,
-        "site": res.site,
-        "closure_id": res.closure_id,
-        "closure_code": res.closure_code,
-        "survivors": res.survivors,
-        "dropped": res.dropped,
-        "strict": res.strict,
-    }
+    res = reveal_file(closure, run.party, output=output, force=run.force)
+    run.done(res.to_dict(), lambda: _render_reveal(run.ui, res))
 
 
 def _render_reveal(ui, res: RevealResult) -> None:
@@ -286,11 +214,10 @@ def _render_reveal(ui, res: RevealResult) -> None:
 # --- unmask (coordinator) ---------------------------------------------------------------------
 
 
+@command(acts_as="coordinator", outputs=("output",))
 def unmask(
-    total: Annotated[
-        Path,
-        typer.Argument(metavar="ROUND.sum", help="The round's sum, or - for standard input."),
-    ],
+    run: Run,
+    total: argument("ROUND.sum", "The round's sum, or - for standard input."),
     reveals: Annotated[
         list[Path] | None,
         typer.Argument(
@@ -319,11 +246,6 @@ def unmask(
             "after round 1, instead of refusing.",
         ),
     ] = False,
-    plan: PlanOpt = None,
-    key: KeyOpt = None,
-    force: ForceOpt = False,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
 ) -> None:
     """Coordinator: remove the masks from a round's sum and write the next global model.
 
@@ -336,21 +258,16 @@ def unmask(
     and dropped sites, and the privacy (epsilon) each site reported. A round that was
     abandoned cannot be unmasked (exit 5).
     """
-    ui = start(quiet, json_out, output)
-    me = party(plan, key, coordinator=True)
     res = unmask_files(
+        run.party,
         total,
         list(reveals or []),
-        me.plan,
-        me.identity,
-        me.state_dir,
         model=model,
         output=output,
         fresh_server_state=fresh_server_state,
-        force=force,
+        force=run.force,
     )
-    doc = {"model": str(res.path), "round": res.round, "provenance": res.provenance}
-    ui.done(doc, lambda: _render_unmask(ui, res))
+    run.done(res.to_dict(), lambda: _render_unmask(run.ui, res))
 
 
 def _render_unmask(ui, res: UnmaskResult) -> None:
@@ -371,11 +288,10 @@ def _eps(value) -> str:
 # --- abandon (coordinator) --------------------------------------------------------------------
 
 
+@command(acts_as="coordinator", outputs=("output",))
 def abandon(
-    model: Annotated[
-        Path,
-        typer.Argument(metavar="ROUND.model", help="The global model of the round to give up."),
-    ],
+    run: Run,
+    model: argument("ROUND.model", "The global model of the round to give up."),
     output: output_option(
         "The re-issued model, or - for standard output. Default: round-NNNN.model (the next "
         "round) beside ROUND.model."
@@ -384,11 +300,6 @@ def abandon(
         str | None,
         typer.Option("--reason", help="Why, for the record (kept in the model's provenance)."),
     ] = None,
-    plan: PlanOpt = None,
-    key: KeyOpt = None,
-    force: ForceOpt = False,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
 ) -> None:
     """Coordinator: give up a round that cannot finish; re-issue its weights for the next.
 
@@ -398,18 +309,8 @@ def abandon(
     as the next round's model. A round already unmasked cannot be abandoned (exit 5). The
     privacy the sites spent training the abandoned round stays spent.
     """
-    ui = start(quiet, json_out, output)
-    me = party(plan, key, coordinator=True)
-    res = abandon_file(
-        model, me.plan, me.identity, me.state_dir, output=output, reason=reason, force=force
-    )
-    doc = {
-        "model": str(res.path),
-        "abandoned_round": res.abandoned_round,
-        "round": res.round,
-        "reason": res.reason,
-    }
-    ui.done(doc, lambda: _render_abandon(ui, res))
+    res = abandon_file(model, run.party, output=output, reason=reason, force=run.force)
+    run.done(res.to_dict(), lambda: _render_abandon(run.ui, res))
 
 
 def _render_abandon(ui, res: AbandonResult) -> None:

@@ -8,13 +8,17 @@ from typing import Annotated
 
 import typer
 
-from fedxray.cli.common import JsonOpt, QuietOpt, start
+from fedxray.cli.common import PLAN_OPTIONS, Run, command
 from fedxray.cli.render import render_report
 from fedxray.errors import FedxrayError
 from fedxray.simulation.runner import Simulation, SimulationConfig
 
 # The simulation's defaults: the plan's, except where tuned for the bundled sample data.
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(SimulationConfig)}
+SIMULATE_OPTIONS = (
+    "rounds", "local_epochs", "strict", "model", "image_size", "batch_size", "lr", "epsilon",
+    "min_sites", "server_opt",
+)  # fmt: skip
 
 EXAMPLES = {
     "simulate": [
@@ -50,7 +54,12 @@ def _metric(m: dict, name: str) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+@command(
+    plan_options={name: PLAN_OPTIONS[name] for name in SIMULATE_OPTIONS},
+    plan_defaults=DEFAULTS,
+)
 def simulate(
+    run: Run,
     output: Annotated[Path, typer.Option("--output", "-o", help="Run folder (must be new).")],
     data: Annotated[
         Path | None,
@@ -59,12 +68,8 @@ def simulate(
     sites: Annotated[
         int | None, typer.Option("--sites", help="Number of sites (for --data).")
     ] = None,
-    rounds: Annotated[int, typer.Option("--rounds", help="Federated rounds.")] = DEFAULTS["rounds"],
-    local_epochs: Annotated[
-        int, typer.Option("--local-epochs", help="Epochs per round.")
-    ] = DEFAULTS["local_epochs"],
+    plan_options: dict | None = None,  # the plan settings, by the decorator
     dp: Annotated[bool, typer.Option("--dp/--no-dp", help="Differential privacy.")] = True,
-    strict: Annotated[bool, typer.Option("--strict", help="Double masking.")] = DEFAULTS["strict"],
     drop: Annotated[
         list[str] | None,
         typer.Option("--drop", metavar="SITE@ROUND", help="Drop SITE from ROUND (repeatable)."),
@@ -73,25 +78,6 @@ def simulate(
         float | None,
         typer.Option("--skew", metavar="ALPHA", help="Dirichlet class skew across sites."),
     ] = None,
-    model: Annotated[
-        str, typer.Option("--model", help="Model: smallcnn, tinycnn or resnet18.")
-    ] = DEFAULTS["model"],
-    image_size: Annotated[int, typer.Option("--image-size", help="Input size.")] = DEFAULTS[
-        "image_size"
-    ],
-    batch_size: Annotated[
-        int, typer.Option("--batch-size", help="Expected batch size (DP: Poisson).")
-    ] = DEFAULTS["batch_size"],
-    lr: Annotated[float, typer.Option("--lr", help="Local learning rate.")] = DEFAULTS["lr"],
-    epsilon: Annotated[
-        float, typer.Option("--epsilon", help="Privacy budget per site.")
-    ] = DEFAULTS["epsilon"],
-    min_sites: Annotated[
-        int, typer.Option("--min-sites", help="Fewest sites per round.")
-    ] = DEFAULTS["min_sites"],
-    server_opt: Annotated[
-        str, typer.Option("--server-opt", help="fedavg, momentum or fedadam.")
-    ] = DEFAULTS["server_opt"],
     bootstrap: Annotated[
         int, typer.Option("--bootstrap", help="Bootstrap resamples of the final report.")
     ] = 1000,
@@ -100,8 +86,6 @@ def simulate(
         int | None, typer.Option("--workers", help="Decoding processes (default: all cores).")
     ] = None,
     device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
 ) -> None:
     """Run a whole federation on this machine: every site, the coordinator and the courier.
 
@@ -111,35 +95,25 @@ def simulate(
     training, mask, aggregate and unmask, and the global model's metrics on held-out data;
     ends with the evaluation report (also in RUNDIR/report.json).
     """
-    ui = start(quiet, json_out)
     cfg = SimulationConfig(
         out=output,
         data=data,
         sites=sites,
-        rounds=rounds,
-        local_epochs=local_epochs,
         dp=dp,
-        strict=strict,
         drops=_parse_drops(drop or []),
         skew=skew,
         seed=seed,
-        model=model,
-        image_size=image_size,
-        batch_size=batch_size,
-        lr=lr,
-        epsilon=epsilon,
-        min_sites=min_sites,
-        server_opt=server_opt,
         bootstrap=bootstrap,
         workers=workers,
         device=device,
+        **plan_options,
     )
 
     def on_event(kind: str, info: dict) -> None:
         if kind == "site":
-            ui.info(f"{info['site']}: {info['images']} images, {info['patients']} patients")
+            run.ui.info(f"{info['site']}: {info['images']} images, {info['patients']} patients")
         elif kind == "init":
-            ui.info(f"federation ready: {', '.join(info['sites'])}")
+            run.ui.info(f"federation ready: {', '.join(info['sites'])}")
         elif kind == "round":
             rows = []
             for name, s in info["sites"].items():
@@ -147,12 +121,12 @@ def simulate(
                 state = "dropped" if s.get("dropped") else f"{s['seconds']:.1f}s"
                 rows.append((name, f"{s['loss']:.4f}", eps, state))
             sec = info["seconds"]
-            ui.table(
+            run.ui.table(
                 f"round {info['round']}",
                 rows,
                 ("site", "loss", "epsilon", "train"),
             )
-            ui.info(
+            run.ui.info(
                 f"  mask {sec['mask']:.2f}s  aggregate {sec['aggregate']:.2f}s  "
                 f"reveal {sec['reveal']:.2f}s  unmask {sec['unmask']:.2f}s  "
                 f"courier {info['courier_bytes'] / 1e6:.1f} MB  |  held-out: "
@@ -164,10 +138,10 @@ def simulate(
     result = Simulation(cfg, on_event).run()
 
     def render() -> None:
-        render_report(ui, result["final_evaluation"], "final model on the held-out data")
-        ui.info(f"every file of the run is in {output}; report: {output / 'report.json'}")
+        render_report(run.ui, result["final_evaluation"], "final model on the held-out data")
+        run.ui.info(f"every file of the run is in {output}; report: {output / 'report.json'}")
 
-    ui.done(result, render)
+    run.done(result, render)
 
 
 def register(app: typer.Typer) -> None:

@@ -7,18 +7,7 @@ from typing import Annotated
 
 import typer
 
-from fedxray.cli.common import (
-    ForceOpt,
-    JsonOpt,
-    KeyOpt,
-    Party,
-    PlanOpt,
-    QuietOpt,
-    Ui,
-    output_option,
-    party,
-    start,
-)
+from fedxray.cli.common import Party, PlanOpt, Run, Ui, argument, command, output_option
 from fedxray.plan import load_plan
 from fedxray.steps.privacy import PrivacyReport, privacy_report
 
@@ -36,12 +25,12 @@ EXAMPLES = {
 }
 
 
+@command(acts_as="site", outputs=("output",))
 def train_local(
-    model: Annotated[Path, typer.Argument(metavar="MODEL", help="The round's global model.")],
+    run: Run,
+    model: argument("MODEL", "The round's global model."),
     data: Annotated[Path, typer.Option("--data", help="This site's shard (from prep).")],
     output: output_option("Update file. Default: SITE-round-NNNN.update beside MODEL.") = None,
-    plan: PlanOpt = None,
-    key: KeyOpt = None,
     ledger: Annotated[
         Path | None,
         typer.Option("--ledger", help="Privacy ledger. Default: KEY-PLANNAME.ledger beside KEY."),
@@ -59,9 +48,6 @@ def train_local(
         int | None,
         typer.Option("--seed", help="Deterministic run (keep it secret under DP)."),
     ] = None,
-    force: ForceOpt = False,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
 ) -> None:
     """Train this site's round on its shard, with differential privacy, and sign the update.
 
@@ -74,19 +60,15 @@ def train_local(
     """
     from fedxray.steps.train_local import train_file
 
-    ui = start(quiet, json_out, output)
-    me = party(plan, key, coordinator=False)
-    with ui.progress() as bar:
+    with run.ui.progress() as bar:
         task = bar.add_task("training", total=None)
         local = train_file(
             model,
             data,
-            me.plan,
-            me.identity,
-            me.key_path,
+            run.party,
             output=output,
             ledger=ledger,
-            force=force,
+            force=run.force,
             dp=not no_dp,
             device=device,
             seed=seed,
@@ -94,7 +76,7 @@ def train_local(
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
     summary = {"update": str(local.path), "ledger": str(local.ledger), **local.summary()}
-    ui.done(summary, lambda: _render_round(ui, summary, local, me))
+    run.done(summary, lambda: _render_round(run.ui, summary, local, run.party))
 
 
 def _render_round(ui: Ui, summary: dict, local, me: Party) -> None:
@@ -116,20 +98,19 @@ def _render_round(ui: Ui, summary: dict, local, me: Party) -> None:
     ui.info(f"wrote {local.path} (stays here; next: fedxray mask {local.path})")
 
 
+@command()
 def privacy(
-    ledger: Annotated[Path, typer.Argument(metavar="LEDGER", help="A site's privacy ledger.")],
+    run: Run,
+    ledger: argument("LEDGER", "A site's privacy ledger."),
     plan: PlanOpt = None,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
 ) -> None:
     """Show the privacy a site has spent, round by round (epsilon at the plan's delta).
 
     With --plan (or $FEDXRAY_PLAN), only that federation; otherwise every federation the
     ledger records. The ledger never leaves the site.
     """
-    ui = start(quiet, json_out)
     report = privacy_report(ledger, load_plan(plan) if plan is not None else None)
-    ui.done(report.to_dict(), lambda: _render_privacy(ui, report))
+    run.done(report.to_dict(), lambda: _render_privacy(run.ui, report))
 
 
 def _render_privacy(ui: Ui, report: PrivacyReport) -> None:

@@ -12,6 +12,8 @@ Every command parses its options, calls one library step and renders the step's 
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
 import sys
@@ -27,9 +29,8 @@ from rich.table import Table
 
 from fedxray.errors import FedxrayError
 from fedxray.fsio import is_stdio
-from fedxray.keys import PrivateIdentity, load_private_key
-from fedxray.plan import Plan, load_plan
-from fedxray.steps.shared import key_folder
+from fedxray.settings import option_default
+from fedxray.steps.shared import Party, load_party
 
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print one JSON document on stdout (nothing else there).")
@@ -56,6 +57,11 @@ KeyOpt = Annotated[
         show_default=False,
     ),
 ]
+
+
+def argument(metavar: str, help: str, kind: Any = Path) -> Any:
+    """A command's positional argument."""
+    return Annotated[kind, typer.Argument(metavar=metavar, help=help)]
 
 
 def output_option(help: str, metavar: str | None = None) -> Any:
@@ -126,6 +132,25 @@ def start(quiet: bool, json_out: bool, *outputs: Path | str | None) -> Ui:
     return Ui(quiet, json_out)
 
 
+# The plan settings that commands take as options (fedxray.settings.OPTIONS), with their help.
+PLAN_OPTIONS = {
+    "model": "Model: smallcnn, tinycnn or resnet18 (or a plug-in's).",
+    "image_size": "Input size in pixels.",
+    "classes": "Comma-separated class names.",
+    "rounds": "Number of federated rounds.",
+    "local_epochs": "Epochs per round.",
+    "batch_size": "Expected batch size.",
+    "lr": "Local learning rate.",
+    "epsilon": "Privacy budget per site.",
+    "delta": "Privacy delta.",
+    "clip_norm": "DP-SGD per-example clipping norm.",
+    "allow_no_dp": "Accept non-private (--no-dp) updates.",
+    "min_sites": "Fewest sites per round.",
+    "strict": "Double masking: a second small trip each round.",
+    "server_opt": "fedavg, momentum or fedadam.",
+    "server_lr": "Server learning rate.",
+}
+
 PLAN_HINT = "pass --plan FILE or set FEDXRAY_PLAN"
 
 
@@ -135,27 +160,14 @@ def require(value, what: str, hint: str):
     return value
 
 
-@dataclass(frozen=True)
-class Party:
-    """Who runs the command: the plan, the party's key, the folder of its protocol state."""
-
-    plan: Plan
-    identity: PrivateIdentity
-    key_path: Path
-    state_dir: Path
-
-
 def party(plan: Path | None, key: Path | None, *, coordinator: bool) -> Party:
-    """The plan and this party's key from the options, the key checked against the plan."""
-    the_plan = load_plan(require(plan, "plan", PLAN_HINT))
+    """The party a command acts as, from --plan and --key."""
     who = "coordinator.key" if coordinator else "SITE.key"
-    key_path = require(key, "key", f"pass --key {who} or set FEDXRAY_KEY")
-    ident = load_private_key(key_path)
-    if coordinator:
-        the_plan.require_coordinator(ident)
-    else:
-        the_plan.require_site(ident)
-    return Party(the_plan, ident, Path(key_path), key_folder(key_path))
+    return load_party(
+        require(plan, "plan", PLAN_HINT),
+        require(key, "key", f"pass --key {who} or set FEDXRAY_KEY"),
+        coordinator=coordinator,
+    )
 
 
 def flag(error: FedxrayError) -> str | None:
@@ -172,3 +184,84 @@ def hint(error: FedxrayError) -> str | None:
     if option is None:
         return error.hint
     return f"{error.hint} ({option})" if error.hint else f"see {option}"
+
+
+@dataclass(frozen=True)
+class Run:
+    """What a command's body receives: its Ui, the party it acts as (if any), and --force."""
+
+    ui: Ui
+    party: Party | None = None
+    force: bool = False
+
+    def done(self, doc: dict, render: Callable[[], None]) -> None:
+        self.ui.done(doc, render)
+
+
+def _option(name: str, annotation: Any, default: Any) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                             annotation=annotation)  # fmt: skip
+
+
+def _plan_option(name: str, help: str, default: Any) -> inspect.Parameter:
+    """The option of a plan setting: flag from its name, type from its default."""
+    flag = "--" + name.replace("_", "-")
+    return _option(name, Annotated[type(default), typer.Option(flag, help=help)], default)
+
+
+def command(
+    *,
+    acts_as: str | None = None,
+    force: bool = False,
+    outputs: tuple[str, ...] = (),
+    json_help: str | None = None,
+    plan_options: dict[str, str] | None = None,
+    plan_defaults: dict[str, Any] | None = None,
+):
+    """Decorator: the options commands share and their preamble, so that a command's body is
+    only its own logic.
+
+    After the command's own options it adds --plan and --key when the command ``acts_as`` a
+    "site" or the "coordinator" (the party, checked against the plan, is handed over), --force
+    (with ``force`` or a party), --json and -q. ``plan_options`` (option -> help) become the
+    options of plan settings, flag, type and default from fedxray.settings (or
+    ``plan_defaults``), in place of the command's parameter ``plan_options``, which receives
+    their values as one dict. The command's first parameter receives a Run; ``outputs`` name
+    its parameters that may be ``-`` (standard output), which --json must not share.
+    """
+
+    def wrap(fn: Callable[..., None]) -> Callable[..., None]:
+        sig = inspect.signature(fn, eval_str=True)
+        params = []
+        for p in list(sig.parameters.values())[1:]:  # the first receives the Run
+            if p.name != "plan_options":
+                params.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+                continue
+            for name, help in (plan_options or {}).items():
+                default = (plan_defaults or {}).get(name, option_default(name))
+                params.append(_plan_option(name, help, default))
+        if acts_as is not None:
+            params += [_option("plan", PlanOpt, None), _option("key", KeyOpt, None)]
+        if force or acts_as is not None:
+            params.append(_option("force", ForceOpt, False))
+        json_opt = JsonOpt
+        if json_help is not None:
+            json_opt = Annotated[bool, typer.Option("--json", help=json_help)]
+        params += [_option("json_out", json_opt, False), _option("quiet", QuietOpt, False)]
+
+        @functools.wraps(fn)
+        def run(**kwargs) -> None:
+            ui = start(kwargs.pop("quiet"), kwargs.pop("json_out"), *map(kwargs.get, outputs))
+            me = None
+            if acts_as is not None:
+                me = party(kwargs.pop("plan"), kwargs.pop("key"), coordinator=acts_as != "site")
+            forced = kwargs.pop("force", False)
+            if plan_options is not None:
+                kwargs["plan_options"] = {name: kwargs.pop(name) for name in plan_options}
+            fn(Run(ui, me, forced), **kwargs)
+
+        run.__signature__ = sig.replace(parameters=params)
+        run.__annotations__ = {p.name: p.annotation for p in params}
+        return run
+
+    return wrap

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from fedxray.errors import FedxrayError
+from fedxray.fsio import read_input
 
 LABELS_CSV = "labels.csv"
 CLASS_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
@@ -150,27 +151,18 @@ class FolderLabeler:
     def __call__(self, path: Path) -> LabelDecision:
         k = kermany_name(path.name) if self.kermany_names else None
         token = k.patient if k else None
-        from_name = resolve_label(k.label, self.classes) if k and k.label else None
+        # The nearest folder that is a label word decides; the file name when it names none.
+        label = resolve_label(k.label, self.classes) if k and k.label else None
+        classes = _class_list(self.classes)
+        why = f"no folder on its path names one of the classes {classes}"
         for folder in self._folders(path):
-            if not is_label_word(folder.name, self.classes):
-                continue
-            label = resolve_label(folder.name, self.classes)
-            if label is not None:
-                return LabelDecision(label, name_token=token)
-            if from_name is not None:
-                return LabelDecision(from_name, name_token=token)
-            return LabelDecision(
-                None,
-                name_token=token,
-                why=f"folder '{folder.name}' names none of the classes {_class_list(self.classes)}",
-            )
-        if from_name is not None:
-            return LabelDecision(from_name, name_token=token)
-        return LabelDecision(
-            None,
-            name_token=token,
-            why=f"no folder on its path names one of the classes {_class_list(self.classes)}",
-        )
+            if is_label_word(folder.name, self.classes):
+                label = resolve_label(folder.name, self.classes) or label
+                why = f"folder '{folder.name}' names none of the classes {classes}"
+                break
+        if label is not None:
+            return LabelDecision(label, name_token=token)
+        return LabelDecision(None, name_token=token, why=why)
 
 
 class KermanyLabeler:
@@ -213,13 +205,9 @@ class CsvLabeler:
     def _read(self) -> None:
         name = self.csv_path
         try:
-            text = self.csv_path.read_bytes().decode("utf-8-sig")
-        except FileNotFoundError:
-            raise FedxrayError(f"labels file not found: {name}") from None
+            text = read_input(self.csv_path, "labels file").decode("utf-8-sig")
         except UnicodeDecodeError:
             raise FedxrayError(f"{name}: not a UTF-8 text file") from None
-        except OSError as e:
-            raise FedxrayError(f"cannot read labels file {name}: {e.strerror}") from None
         lines = text.splitlines()
         if not lines or not lines[0].strip():
             raise FedxrayError(f"{name}: empty labels file", hint="expected columns file,label")

@@ -7,6 +7,7 @@ radiologist fills in for the test images; they are matched to shard rows by keye
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 import os
@@ -57,13 +58,8 @@ class McNemar:
     method: str
 
     def to_dict(self) -> dict:
-        return {
-            "model_right_reader_wrong": self.b,
-            "model_wrong_reader_right": self.c,
-            "statistic": self.statistic,
-            "p_value": self.p_value,
-            "method": self.method,
-        }
+        names = {"b": "model_right_reader_wrong", "c": "model_wrong_reader_right"}
+        return {names.get(k, k): v for k, v in dataclasses.asdict(self).items()}
 
 
 def binomial_two_sided(k: int, n: int) -> float:

@@ -6,6 +6,7 @@ federation would, so any file in the run folder can be inspected afterwards.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -88,14 +89,7 @@ class RoundRecord:
     metrics: dict
 
     def to_dict(self) -> dict:
-        return {
-            "round": self.round,
-            "sites": self.sites,
-            "dropped": self.dropped,
-            "seconds": self.seconds,
-            "courier_bytes": self.courier_bytes,
-            "metrics": self.metrics,
-        }
+        return dataclasses.asdict(self)
 
 
 Event = Callable[[str, dict], None]

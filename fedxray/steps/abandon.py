@@ -15,7 +15,7 @@ from fedxray.modelfile import build_model_artifact, load_model_artifact
 from fedxray.plan import Plan
 from fedxray.secagg.records import CoordinatorRound, RoundStatus, now
 from fedxray.steps.protocol_state import coordinator_state
-from fedxray.steps.shared import beside, check_output
+from fedxray.steps.shared import Party, beside, check_output, fields_of
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,9 @@ class AbandonResult:
     round: int
     reason: str | None
     path: Path | None = None
+
+    def to_dict(self) -> dict:
+        return {"model": str(self.path), **fields_of(self, "path")}
 
 
 def abandon_round(
@@ -86,14 +89,7 @@ def abandon_round(
 
 
 def abandon_file(
-    model: Path,
-    plan: Plan,
-    coordinator_key: PrivateIdentity,
-    state_dir: Path,
-    *,
-    output: Path | None = None,
-    reason: str | None = None,
-    force: bool = False,
+    model: Path, me: Party, *, output: Path | None = None, reason: str | None = None, force=False
 ) -> AbandonResult:
     """:func:`abandon_round` from a model file to ``output``, by default the next round's
     model beside it."""
@@ -104,6 +100,6 @@ def abandon_file(
     r = header.round
     out = output or beside(model, round_file("model", r + 1), Path("."))
     check_output(out, force, model, f"the re-issued model would replace round {r}'s model: {out}")
-    result = abandon_round(data, plan, coordinator_key, state_dir, reason=reason)
+    result = abandon_round(data, me.plan, me.identity, me.state_dir, reason=reason)
     write_atomic(out, result.model, force=force)
     return replace(result, path=out)

@@ -17,8 +17,17 @@ from fedxray.secagg.accumulate import Accumulator
 from fedxray.secagg.records import CoordinatorRound, RoundStatus, now
 from fedxray.secagg.rounds import Cohort, closure_code
 from fedxray.steps.protocol_state import coordinator_state
-from fedxray.steps.shared import Input, beside, item_label, plan_layout, plan_params, read_item
-from fedxray.verification import check_tensor_layout, load_artifact
+from fedxray.steps.shared import (
+    Input,
+    Party,
+    beside,
+    fields_of,
+    item_label,
+    load_items,
+    plan_layout,
+    plan_params,
+)
+from fedxray.verification import check_tensor_layout
 
 Progress = Callable[[int, int], None]
 
@@ -38,6 +47,16 @@ class AggregateResult:
     @property
     def closure_code(self) -> str | None:
         return closure_code(self.closure_id) if self.closure_id else None
+
+    def to_dict(self) -> dict:
+        closure = None if self.closure_path is None else str(self.closure_path)
+        return {
+            **fields_of(self, "sum_path", "closure_path", "closure"),
+            "sum": str(self.sum_path),
+            "closure": closure,
+            "closure_code": self.closure_code,
+            "reveal_from": self.reveal_from,
+        }
 
     @property
     def reveal_from(self) -> list[str]:
@@ -71,16 +90,7 @@ def aggregate(
     labels: dict[str, str] = {}
     reports: dict[str, dict] = {}
     parent: str | None = None
-    for i, item in enumerate(masked_inputs):
-        label = item_label(item, i, "masked update")
-        art = load_artifact(
-            read_item(item, label),
-            plan=plan,
-            kind="masked",
-            round=round,
-            sender=plan.site_names,
-            what=label,
-        )
+    for label, art in load_items(masked_inputs, plan, "masked", round, plan.site_names):
         name = art.header.sender
         if name in inputs:
             raise VerificationError(
@@ -217,9 +227,7 @@ def common_round(items: Iterable[tuple[str, Input]]) -> int:
 
 def aggregate_files(
     masked: Sequence[Path],
-    plan: Plan,
-    coordinator_key: PrivateIdentity,
-    state_dir: Path,
+    me: Party,
     *,
     round: int | None = None,
     output: Path | None = None,
@@ -242,16 +250,16 @@ def aggregate_files(
     r = round if round is not None else common_round(zip(labels, inputs, strict=True))
     if r < 1:
         raise FedxrayError(f"the round must be at least 1, got {r}")
-    out = output if output is not None else state_dir / round_file("sum", r)
-    closure_out = closure_output or beside(out, round_file("closure", r), state_dir)
+    out = output if output is not None else me.state_dir / round_file("sum", r)
+    closure_out = closure_output or beside(out, round_file("closure", r), me.state_dir)
     if is_stdio(out) and is_stdio(closure_out):
         raise FedxrayError("the sum and the closure cannot both go to standard output")
     check_writable(out, force=force)
     # A closure follows whenever a site is missing or the plan is strict: when aggregation
     # succeeds this prediction is exact, so the closure's path is checked before the work too.
-    if plan_params(plan).strict or len(inputs) < len(plan.sites):
+    if plan_params(me.plan).strict or len(inputs) < len(me.plan.sites):
         check_writable(closure_out, force=force)
-    result = aggregate(inputs, plan, coordinator_key, r, state_dir=state_dir, progress=progress)
+    result = aggregate(inputs, me.plan, me.identity, r, state_dir=me.state_dir, progress=progress)
     if result.closure is not None:
         write_atomic(closure_out, result.closure, force=force)
     write_atomic(out, result.sum, force=force)

@@ -192,16 +192,13 @@ def evaluate_files(
     plan_path: Path | None = None,
     reference: Path | None = None,
     identity: PrivateIdentity | None = None,
-    n_boot: int = DEFAULT_RESAMPLES,
-    seed: int = 0,
     plots: Path | None = None,
-    batch_size: int = DEFAULT_BATCH,
-    device: str = "cpu",
     force: bool = False,
-    progress: StageProgress | None = None,
+    **options,
 ) -> Evaluation:
-    """:func:`evaluate_shard` on files: the model (verified against its plan), the shard, a
-    reader's CSV; the plots, when asked for, go into the folder ``plots``."""
+    """:func:`evaluate_shard` (with its ``options``) on files: the model, verified against
+    its plan, the shard, a reader's CSV; the plots, when asked for, go into the folder
+    ``plots``."""
     if plots is not None and plots.is_dir():
         for name in PLOT_FILES.values():  # fail before the work, not after it
             check_writable(plots / name, force=force)
@@ -210,17 +207,7 @@ def evaluate_files(
     reads = None
     if reference is not None:
         reads = reads_for_shard(reference, test, loaded.classes, identity, name=reference.name)
-    report = evaluate_shard(
-        loaded,
-        test,
-        reads=reads,
-        n_boot=n_boot,
-        seed=seed,
-        batch_size=batch_size,
-        device=device,
-        name=shard_path.name,
-        progress=progress,
-    )
+    report = evaluate_shard(loaded, test, reads=reads, name=shard_path.name, **options)
     written, note = None, None
     if plots is not None:
         try:

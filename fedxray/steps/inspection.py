@@ -9,7 +9,7 @@ from pathlib import Path
 from fedxray.artifact import KINDS, parse_unverified, read_header
 from fedxray.cards import card_from_bytes
 from fedxray.errors import FedxrayError, VerificationError
-from fedxray.fsio import is_stdio
+from fedxray.fsio import input_name
 from fedxray.keys import KEY_FORMAT, PrivateIdentity
 from fedxray.modelfile import load_model_artifact
 from fedxray.plan import plan_from_bytes
@@ -66,7 +66,7 @@ def verify_file(
     fingerprint: str | None = None,
 ) -> Verdict:
     """Check signature and provenance; raises VerificationError with the reason on failure."""
-    what = "standard input" if is_stdio(path) else Path(path).name
+    what = input_name(path)
     kind = kind or expected_kind(path)
     if kind == "card":
         ident = card_from_bytes(data, what)

@@ -14,7 +14,7 @@ from fedxray.plan import Plan
 from fedxray.secagg.records import SiteRound, now
 from fedxray.secagg.rounds import REPORT_KEYS, masked_vector, update_examples
 from fedxray.steps.protocol_state import open_state
-from fedxray.steps.shared import check_output, plan_layout, plan_params
+from fedxray.steps.shared import Party, check_output, fields_of, plan_layout, plan_params
 from fedxray.verification import check_tensor_layout, load_artifact
 
 
@@ -28,6 +28,10 @@ class MaskResult:
     values: int  # values in the update
     clip: float  # the plan's range: [-clip, clip]
     path: Path | None = None  # where it was written
+
+    def to_dict(self) -> dict:
+        doc = fields_of(self, "path")
+        return {"masked": str(self.path), **doc, "bytes": len(self.data), "warnings": self.warnings}
 
     @property
     def warnings(self) -> list[str]:
@@ -106,15 +110,7 @@ def mask_update(
     return MaskResult(signed.data, r, key.name, plan.federation_id, clipped, values, params.clip)
 
 
-def mask_file(
-    update: Path,
-    plan: Plan,
-    key: PrivateIdentity,
-    state_dir: str | os.PathLike,
-    *,
-    output: Path | None = None,
-    force: bool = False,
-) -> MaskResult:
+def mask_file(update: Path, me: Party, *, output: Path | None = None, force=False) -> MaskResult:
     """:func:`mask_update` from a file (``-``: standard input) to ``output``, by default the
     update's name with ``.masked``."""
     if output is None:
@@ -124,6 +120,6 @@ def mask_file(
             )
         output = update.with_suffix(".masked")
     check_output(output, force, update, f"the masked file would replace its update: {output}")
-    result = mask_update(read_input(update, "update"), plan, key, state_dir)
+    result = mask_update(read_input(update, "update"), me.plan, me.identity, me.state_dir)
     write_atomic(output, result.data, force=force)
     return replace(result, path=output)

@@ -15,7 +15,7 @@ from torch import nn
 
 from fedxray.artifact import peek_header, read_header
 from fedxray.errors import FedxrayError
-from fedxray.fsio import is_stdio, read_input
+from fedxray.fsio import input_name, is_stdio, read_input
 from fedxray.modelfile import load_model_artifact
 from fedxray.models.registry import build_model, get_spec, load_numpy_state
 from fedxray.plan import Plan, load_plan
@@ -112,7 +112,7 @@ def load_model(
     """Read a .model file, verify it against its plan and build the network from it."""
     data = read_input(model_path, "model")
     plan, found = find_plan(model_path, data, plan_path)
-    what = "standard input" if is_stdio(model_path) else Path(str(model_path)).name
+    what = input_name(model_path)
     art = load_model_artifact(data, plan, what=what)
     m = plan.settings.model
     module = build_model(m.arch, m.image_size, len(plan.settings.classes), m.in_channels)

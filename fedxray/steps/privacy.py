@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -29,22 +30,10 @@ class Spending:
 
     def to_dict(self) -> dict:
         return {
-            "federation": self.federation,
-            "name": self.name,
-            "budget_epsilon": self.budget_epsilon,
-            "delta": self.delta,
-            "unit": self.unit,
-            "noise_multiplier": self.noise_multiplier,
+            **dataclasses.asdict(self),
             "rounds": [
-                {
-                    "round": r.round,
-                    "epochs": r.epochs,
-                    "steps": r.steps,
-                    "dp": r.dp,
-                    "epsilon_spent": _num(r.epsilon_spent),
-                    "epsilon_total": _num(r.epsilon_total),
-                    "finished": r.finished,
-                }
+                dataclasses.asdict(r)
+                | {"epsilon_spent": _num(r.epsilon_spent), "epsilon_total": _num(r.epsilon_total)}
                 for r in self.rounds
             ],
         }

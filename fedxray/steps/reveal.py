@@ -15,7 +15,7 @@ from fedxray.plan import Plan
 from fedxray.secagg.records import now
 from fedxray.secagg.rounds import closure_code, read_cohort, reveal_meta
 from fedxray.steps.protocol_state import open_state
-from fedxray.steps.shared import beside, check_output, plan_params
+from fedxray.steps.shared import Party, beside, check_output, fields_of, plan_params
 from fedxray.verification import load_artifact
 
 
@@ -23,16 +23,20 @@ from fedxray.verification import load_artifact
 class RevealResult:
     data: bytes  # the signed .reveal file
     round: int
-    site: str
-    closure_id: str
     survivors: list[str]
     dropped: list[str]
+    site: str
+    closure_id: str
     strict: bool
     path: Path | None = None
 
     @property
     def closure_code(self) -> str:
         return closure_code(self.closure_id)
+
+    def to_dict(self) -> dict:
+        doc = fields_of(self, "path")
+        return {"reveal": str(self.path), **doc, "closure_code": self.closure_code}
 
 
 def reveal(
@@ -94,17 +98,11 @@ def reveal(
         tensors={},
         signer=key,
     ).data
-    return RevealResult(data, r, me, closure_id, cohort.survivors, cohort.dropped, cohort.strict)
+    return RevealResult(data, r, cohort.survivors, cohort.dropped, me, closure_id, cohort.strict)
 
 
 def reveal_file(
-    closure: Path,
-    plan: Plan,
-    key: PrivateIdentity,
-    state_dir: str | os.PathLike,
-    *,
-    output: Path | None = None,
-    force: bool = False,
+    closure: Path, me: Party, *, output: Path | None = None, force=False
 ) -> RevealResult:
     """:func:`reveal` from a file (``-``: standard input) to ``output``, by default
     SITE-round-NNNN.reveal beside the closure."""
@@ -115,8 +113,8 @@ def reveal_file(
             raise FedxrayError(
                 f"{closure} is not a readable closure", hint="check the file, or name the output"
             )
-        output = beside(closure, round_file("reveal", header.round, key.name), Path("."))
+        output = beside(closure, round_file("reveal", header.round, me.identity.name), Path("."))
     check_output(output, force)
-    result = reveal(data, plan, key, state_dir)
+    result = reveal(data, me.plan, me.identity, me.state_dir)
     write_atomic(output, result.data, force=force)
     return replace(result, path=output)

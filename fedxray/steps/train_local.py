@@ -15,6 +15,7 @@ from fedxray.fsio import check_writable, read_input, write_atomic
 from fedxray.keys import PrivateIdentity
 from fedxray.modelfile import load_model_artifact
 from fedxray.plan import Plan
+from fedxray.steps.shared import Party
 from fedxray.training.loop import Progress, RoundResult, train_round
 from fedxray.training.settings import TrainSettings
 
@@ -123,26 +124,18 @@ def train_local(
 
 
 def train_file(
-    model: Path,
-    shard: Path,
-    plan: Plan,
-    key: PrivateIdentity,
-    key_path: Path,
-    *,
-    output: Path | None = None,
-    ledger: Path | None = None,
-    force: bool = False,
-    **options,
+    model: Path, shard: Path, me: Party, *, output=None, ledger=None, force=False, **options
 ) -> LocalRound:
     """:func:`train_local` from a model file to ``output``, by default SITE-round-NNNN.update
     beside the model; the ledger defaults to KEY-PLAN.ledger beside the key, checkpoints go
     to a hidden folder beside the ledger."""
+    plan, key = me.plan, me.identity
     plan.require_site(key)
     model_bytes = read_input(model, "global model")
     r = read_header(model_bytes, str(model)).round
     out = output or model.with_name(round_file("update", r, key.name))
     check_writable(out, force=force)
-    ledger_path = ledger or default_ledger_path(key_path, plan)
+    ledger_path = ledger or default_ledger_path(me.key_path, plan)
     checkpoints = Path(ledger_path).with_name(f".{key.name}-checkpoints")
     local = train_local(
         model_bytes,

@@ -21,12 +21,14 @@ from fedxray.steps.protocol_state import coordinator_state
 from fedxray.steps.server_state import load_server_state, save_server_state, server_state_path
 from fedxray.steps.shared import (
     Input,
+    Party,
     beside,
     check_output,
+    fields_of,
     item_label,
+    load_items,
     plan_layout,
     plan_params,
-    read_item,
 )
 from fedxray.verification import check_tensor_layout, load_artifact
 
@@ -37,6 +39,9 @@ class UnmaskResult:
     round: int  # the next round, which trains from this model
     provenance: dict  # as recorded in the model: sites, dropped, epsilon reported, server
     path: Path | None = None
+
+    def to_dict(self) -> dict:
+        return {"model": str(self.path), **fields_of(self, "path")}
 
     @property
     def sites(self) -> list[str]:
@@ -139,20 +144,13 @@ def _collect_reveals(
 ) -> Revealed:
     got: dict[str, tuple[dict[str, bytes], bytes | None]] = {}
     digests: dict[str, str] = {}
-    for i, item in enumerate(reveals):
-        label = item_label(item, i, "reveal")
-        if closure_id is None:
-            raise FedxrayError(
-                f"round {round_number} needs no reveals (no site dropped out), got {label}"
-            )
-        art = load_artifact(
-            read_item(item, label),
-            plan=plan,
-            kind="reveal",
-            round=round_number,
-            sender=cohort.survivors,
-            what=label,
+    reveals = list(reveals)
+    if closure_id is None and reveals:
+        raise FedxrayError(
+            f"round {round_number} needs no reveals (no site dropped out), "
+            f"got {item_label(reveals[0], 0, 'reveal')}"
         )
+    for label, art in load_items(reveals, plan, "reveal", round_number, cohort.survivors):
         name, meta = art.header.sender, art.header.meta
         if name in digests:
             if digests[name] == art.digest:
@@ -181,11 +179,9 @@ def _collect_reveals(
 
 
 def unmask_files(
+    me: Party,
     total: Path,
     reveals: Sequence[Path],
-    plan: Plan,
-    coordinator_key: PrivateIdentity,
-    state_dir: Path,
     *,
     model: Path | None = None,
     output: Path | None = None,
@@ -207,12 +203,12 @@ def unmask_files(
     result = unmask(
         sum_bytes,
         list(reveals),
-        plan,
-        coordinator_key,
+        me.plan,
+        me.identity,
         read_input(model_path, "global model"),
-        server_state_path(state_dir, plan),
+        server_state_path(me.state_dir, me.plan),
         fresh_server_state=fresh_server_state,
-        state_dir=state_dir,
+        state_dir=me.state_dir,
     )
     write_atomic(out, result.model, force=force)
     return replace(result, path=out)
