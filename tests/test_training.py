@@ -205,6 +205,30 @@ def test_noise_std_is_sigma_c_over_expected_batch():
     assert (before - after).std().item() == pytest.approx(expected, rel=0.02)
 
 
+def test_private_step_hands_the_clipped_sum_to_all_reduce_before_the_noise():
+    # The hook where processes sharing a batch will add up their clipped sums (issue 15).
+    model = build_model("smallcnn", SIZE, 2, seed=0)
+    x, y = torch.randn(3, 1, SIZE, SIZE), torch.tensor([0, 1, 0])
+    seen = []
+
+    def all_reduce(grads):
+        seen.append([g.clone() for g in grads])
+        for g in grads:
+            g.mul_(2.0)  # as if a second process had the same sum
+
+    before = [p.detach().clone() for p in model.parameters()]
+    private = dp_engine.PrivateOptimizer(
+        torch.optim.SGD(model.parameters(), lr=1.0), dp_engine.DPEngine(model, 1.0),
+        noise_multiplier=0.0, expected_batch_size=4.0, all_reduce=all_reduce,
+    )  # fmt: skip
+    private.zero_grad()
+    private.backward(lambda: F.cross_entropy(model(x), y, reduction="none"))
+    private.step()
+    assert len(seen) == 1 and len(seen[0]) == len(before)
+    for p, b, g in zip(model.parameters(), before, seen[0], strict=True):
+        torch.testing.assert_close(b - p.detach(), 2.0 * g / 4.0)  # reduced, then averaged
+
+
 # -- train_round ---------------------------------------------------------------------------------
 def test_round_trains_spends_and_records(tmp_path):
     s = settings()

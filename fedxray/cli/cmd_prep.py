@@ -12,7 +12,7 @@ from fedxray.cli.common import KeyOpt, PlanOpt, Run, Ui, command, output_option
 from fedxray.errors import FedxrayError
 from fedxray.keys import load_private_key
 from fedxray.plan import load_plan
-from fedxray.settings import DEFAULT_CLASSES
+from fedxray.settings import DEFAULT_CLASSES, option_default
 
 EXAMPLES = {
     "prep": [
@@ -72,7 +72,8 @@ def prep(
         typer.Option(
             "--classes",
             metavar="A,B,...",
-            help="Comma-separated class names, without a plan. Default: normal,bacterial,viral.",
+            help="Comma-separated class names, without a plan. Default: "
+            f"{option_default('classes')}.",
             show_default=False,
         ),
     ] = None,

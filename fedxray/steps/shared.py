@@ -1,5 +1,5 @@
-"""What several steps share: inputs given as bytes or paths, output paths, the plan's
-secure-aggregation parameters."""
+"""What several steps share: the party a step acts as, inputs given as bytes or paths, output
+paths, the JSON document of a result, the plan's secure-aggregation parameters."""
 
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def item_label(item: Input, index: int, kind: str) -> str:
 def load_items(
     items: Iterable[Input], plan: Plan, kind: str, round_number: int, senders: list[str]
 ) -> Iterator[tuple[str, Artifact]]:
-    """Verify inputs one at a time, so that one file at a most is held: (label, artifact)."""
+    """Verify inputs one at a time, so that at most one file is held: (label, artifact)."""
     for i, item in enumerate(items):
         label = item_label(item, i, ITEM_WORDS.get(kind, kind))
         art = load_artifact(
