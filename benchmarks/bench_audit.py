@@ -45,10 +45,10 @@ from fedxray.audit import (  # noqa: E402
     audit_membership,
     draw_canaries,
 )
-from fedxray.data.labels import DEFAULT_CLASSES  # noqa: E402
 from fedxray.data.prep import prepare  # noqa: E402
 from fedxray.data.shard import Shard  # noqa: E402
 from fedxray.models.registry import build_model, state_to_numpy  # noqa: E402
+from fedxray.settings import DEFAULT_CLASSES  # noqa: E402
 from fedxray.simulation.runner import Simulation, SimulationConfig  # noqa: E402
 from fedxray.simulation.split import holdout_split, patient_keys, subset  # noqa: E402
 from fedxray.training.settings import TrainSettings  # noqa: E402
@@ -99,7 +99,7 @@ class _CanarySimulation(Simulation):
 
 def _settings(cfg: SimulationConfig, **overrides) -> TrainSettings:
     base = TrainSettings(
-        arch=cfg.arch, image_size=cfg.image_size, classes=tuple(DEFAULT_CLASSES),
+        arch=cfg.model, image_size=cfg.image_size, classes=tuple(DEFAULT_CLASSES),
         local_epochs=cfg.local_epochs, rounds=cfg.rounds, batch_size=cfg.batch_size, lr=cfg.lr,
         target_epsilon=cfg.epsilon, delta=cfg.delta, max_grad_norm=cfg.clip_norm,
     )  # fmt: skip
@@ -113,7 +113,7 @@ def train_overfit(site: Site, cfg: SimulationConfig, init: dict, seed: int):
 
 
 def train_federation(site: Site, others, held, cfg: SimulationConfig, dp: bool, tmp: Path):
-    from fedxray.evaluation.run import load_model
+    from fedxray.steps.model import load_model
 
     cfg = dataclasses.replace(cfg, out=tmp / ("dp" if dp else "plain"), dp=dp, bootstrap=0)
     sim = _CanarySimulation(cfg, [(AUDITED, site.train), *others], held)
@@ -209,7 +209,7 @@ def main(argv=None) -> int:
          f"{len(site.canaries)} canaries ({sum(site.canaries.included)} included)")  # fmt: skip
     others = [(h, shards[h]) for h in ("hospital-b", "hospital-c")]
     # Every model starts from the weights the federation's round-1 model has (seeded init).
-    init = state_to_numpy(build_model(cfg.arch, cfg.image_size, len(DEFAULT_CLASSES), 1,
+    init = state_to_numpy(build_model(cfg.model, cfg.image_size, len(DEFAULT_CLASSES), 1,
                                       seed=cfg.seed))  # fmt: skip
 
     results = {}

@@ -46,13 +46,13 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from fedxray.data.labels import DEFAULT_CLASSES  # noqa: E402
 from fedxray.data.prep import prepare  # noqa: E402
 from fedxray.data.shard import Shard  # noqa: E402
 from fedxray.data.shard_io import read_shard, write_shard  # noqa: E402
 from fedxray.evaluation.inference import predict_proba  # noqa: E402
 from fedxray.evaluation.report import evaluate  # noqa: E402
 from fedxray.models.registry import build_model, load_numpy_state, state_to_numpy  # noqa: E402
+from fedxray.settings import DEFAULT_CLASSES  # noqa: E402
 from fedxray.simulation.runner import Simulation, SimulationConfig  # noqa: E402
 from fedxray.simulation.split import holdout_split, patient_keys, split_sites  # noqa: E402
 from fedxray.training.loop import train_round  # noqa: E402
@@ -227,28 +227,12 @@ class _PresplitSimulation(Simulation):
 
 def run_federated(parts: list[Shard], held: Shard, args, dp: bool, out: Path) -> list[Outcome]:
     """The simulation's final model, then the mean of its last k models for each --average k."""
+    same = ("rounds", "local_epochs", "seed", "image_size", "epsilon", "delta", "batch_size",
+            "server_opt", "server_lr", "holdout", "bootstrap", "workers", "device")  # fmt: skip
     cfg = SimulationConfig(
-        out=out,
-        data=Path(args.data),
-        sites=len(parts),
-        rounds=args.rounds,
-        local_epochs=args.local_epochs,
-        dp=dp,
-        seed=args.seed,
-        arch=args.arch,
-        image_size=args.image_size,
-        epsilon=args.epsilon,
-        delta=args.delta,
-        batch_size=args.batch_size,
-        lr=_lr(args, dp),
-        clip_norm=args.clip,
-        server_opt=args.server_opt,
-        server_lr=args.server_lr,
-        holdout=args.holdout,
-        bootstrap=args.bootstrap,
-        workers=args.workers,
-        device=args.device,
-    )
+        out=out, data=Path(args.data), sites=len(parts), dp=dp, model=args.arch,
+        lr=_lr(args, dp), clip_norm=args.clip, **{k: getattr(args, k) for k in same},
+    )  # fmt: skip
 
     def event(kind: str, info: dict) -> None:
         if kind == "round":
@@ -318,10 +302,10 @@ def _mean_of_last(sim: Simulation, last: int, k: int) -> dict[str, np.ndarray]:
 
 def _model_state(sim: Simulation, round_number: int) -> dict[str, np.ndarray]:
     """The weights of the coordinator's model for ``round_number``, verified against the plan."""
-    from fedxray.evaluation.run import load_model
-    from fedxray.modelfile import model_filename
+    from fedxray.filenames import round_file
+    from fedxray.steps.model import load_model
 
-    path = sim.coord_dir / model_filename(round_number)
+    path = sim.coord_dir / round_file("model", round_number)
     return state_to_numpy(load_model(path, sim.plan_path).module)
 
 

@@ -22,11 +22,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import fedxray.data.prep as prep  # noqa: E402
+import fedxray.data.decode as decode  # noqa: E402
 from fedxray.data.prep import prepare  # noqa: E402
 
 # Measure the pool itself: prepare() would decode small inputs in-process anyway.
-prep.MIN_FILES_PER_WORKER = 1
+decode.MIN_FILES_PER_WORKER = 1
 
 SHARED = Path(os.environ.get("FEDXRAY_SHARED_DATA", REPO.parent / "shared" / "data"))
 

@@ -47,7 +47,8 @@ def _threads() -> None:
 
 def _plan(arch: str, n_sites: int):
     from fedxray import keys
-    from fedxray.plan import create_plan, make_settings, plan_from_bytes
+    from fedxray.plan import create_plan, plan_from_bytes
+    from fedxray.settings import make_settings
 
     coord = keys.generate("coordinator")
     sites = [keys.generate(f"site{i:02d}") for i in range(n_sites)]
@@ -73,7 +74,7 @@ def _update(plan, site, rng):
         meta=meta,
         tensors=tensors,
         signer=site,
-    )
+    ).data
 
 
 def _timeit(fn, reps: int) -> list[float]:
@@ -86,13 +87,15 @@ def _timeit(fn, reps: int) -> list[float]:
 
 
 def bench_mask(arch: str, n_sites: int, reps: int) -> list[tuple[str, str]]:
-    from fedxray.artifact import load_artifact
-    from fedxray.secagg import pairwise, prg, protocol
+    from fedxray.secagg import pairwise, prg
     from fedxray.secagg.accumulate import CONTROL
     from fedxray.secagg.fixedpoint import encode_into
+    from fedxray.steps.mask import mask_update
+    from fedxray.steps.shared import plan_layout, plan_params
+    from fedxray.verification import load_artifact
 
     plan, _, _, sites = _plan(arch, n_sites)
-    params, layout = protocol.plan_params(plan), protocol.plan_layout(plan)
+    params, layout = plan_params(plan), plan_layout(plan)
     rng = np.random.default_rng(0)
     me = sites[0]
     upd_bytes = _update(plan, me, rng)
@@ -118,7 +121,7 @@ def bench_mask(arch: str, n_sites: int, reps: int) -> list[tuple[str, str]]:
 
     def end_to_end():
         with tempfile.TemporaryDirectory() as d:
-            protocol.mask_update(upd_bytes, plan, me, d)
+            mask_update(upd_bytes, plan, me, d)
 
     t_e2e = _timeit(end_to_end, reps)
 
@@ -212,13 +215,13 @@ def bench_load(folder: Path) -> list[tuple[str, str]]:
 
     from fedxray.artifact import parse_unverified
     from fedxray.plan import plan_from_bytes
-    from fedxray.secagg import protocol
     from fedxray.secagg.accumulate import Accumulator
+    from fedxray.steps.shared import plan_layout
 
     plan = plan_from_bytes((folder / "bench.plan").read_bytes())
     path = next(iter(sorted(folder.glob("*.masked"))))
     data = path.read_bytes()
-    acc = Accumulator(protocol.plan_layout(plan))
+    acc = Accumulator(plan_layout(plan))
     art = parse_unverified(data)[0]
     t_read = min(_timeit(path.read_bytes, 3))
     t_parse = min(_timeit(lambda: parse_unverified(data), 3))
@@ -239,12 +242,13 @@ def bench_load(folder: Path) -> list[tuple[str, str]]:
 def _write_masked_inputs(arch: str, n_inputs: int, folder: Path) -> tuple[int, int]:
     from fedxray.artifact import build_artifact
     from fedxray.keys import save_private_key
-    from fedxray.secagg import prg, protocol
+    from fedxray.secagg import prg
+    from fedxray.steps.shared import plan_layout
 
     plan, plan_data, coord, sites = _plan(arch, n_inputs)
     (folder / "bench.plan").write_bytes(plan_data)
     save_private_key(coord, folder / "coordinator.key")
-    layout = protocol.plan_layout(plan)
+    layout = plan_layout(plan)
     total = 0
     for i, site in enumerate(sites):
         flat = prg.expand(os.urandom(32), layout.size)
@@ -257,7 +261,7 @@ def _write_masked_inputs(arch: str, n_inputs: int, folder: Path) -> tuple[int, i
             meta={"plan": plan.digest, "strict": False, "report": {"epsilon": 2.0}},
             tensors=layout.views(flat),
             signer=site,
-        )
+        ).data
         (folder / f"{i:03d}.masked").write_bytes(data)
         total += len(data)
     return total, layout.size * 8
@@ -287,7 +291,7 @@ def _aggregate_child(folder: Path) -> None:
     _threads()
     from fedxray.keys import load_private_key
     from fedxray.plan import plan_from_bytes
-    from fedxray.secagg import protocol
+    from fedxray.steps.aggregate import aggregate
 
     plan = plan_from_bytes((folder / "bench.plan").read_bytes())
     coord = load_private_key(folder / "coordinator.key")
@@ -303,7 +307,8 @@ def _aggregate_child(folder: Path) -> None:
 
     tracemalloc.start()
     t = time.perf_counter()
-    total, closure = protocol.aggregate(files, plan, coord, 1, state_dir=None, progress=progress)
+    res = aggregate(files, plan, coord, 1, state_dir=None, progress=progress)
+    total, closure = res.sum, res.closure
     seconds = time.perf_counter() - t
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()

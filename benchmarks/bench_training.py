@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from fedxray.models import MODEL_NAMES, build_model, default_image_size
-from fedxray.training.dp_engine import DPEngine
+from fedxray.training.dp_engine import DPEngine, PrivateOptimizer
 
 DEFAULT_BATCH = {"smallcnn": 64, "resnet18": 16}
 
@@ -35,15 +35,15 @@ def _plain_step(model, opt):
 
 
 def _fedxray_dp_step(model, opt, sigma=1.0, clip=1.0):
-    engine = DPEngine(model, clip)
-    params = [p for p in model.parameters() if p.requires_grad]
+    private = PrivateOptimizer(
+        opt, DPEngine(model, clip), noise_multiplier=sigma, expected_batch_size=1
+    )
 
-    def step(x, y):
-        opt.zero_grad(set_to_none=True)
-        engine.clipped_backward(lambda: F.cross_entropy(model(x), y, reduction="none"))
-        for p in params:  # what training does: noise sigma*C, average over the batch
-            p.grad.add_(torch.randn_like(p), alpha=sigma * clip).div_(x.shape[0])
-        opt.step()
+    def step(x, y):  # what training does: clip, sum, noise sigma*C, average over the batch
+        private.expected_batch_size = x.shape[0]
+        private.zero_grad()
+        private.backward(lambda: F.cross_entropy(model(x), y, reduction="none"))
+        private.step()
 
     return step
 

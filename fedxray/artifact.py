@@ -1,4 +1,4 @@
-"""Signed artifact files: tensors in the safetensors layout plus a signed fedxray header.
+"""The signed file container: build, parse, peek and signature checks (nothing about plans).
 
 Layout: a plain safetensors file whose ``__metadata__`` holds two strings, ``fedxray`` (the
 header as canonical JSON) and ``signature`` (Ed25519, hex). The signature covers the SHA-256 of
@@ -14,11 +14,12 @@ header: it pins the payload through the payload hash inside.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
+import os
 import struct
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -31,7 +32,6 @@ from fedxray.errors import VerificationError
 
 if TYPE_CHECKING:
     from fedxray.keys import PrivateIdentity, PublicIdentity
-    from fedxray.plan import Plan
 
 FORMAT_VERSION = 1
 SIGNING_DOMAIN = b"fedxray-artifact-v1\0"
@@ -80,17 +80,7 @@ class Header:
     format: int = FORMAT_VERSION
 
     def to_dict(self) -> dict:
-        return {
-            "format": self.format,
-            "kind": self.kind,
-            "federation": self.federation,
-            "round": self.round,
-            "sender": self.sender,
-            "created": self.created,
-            "parent": self.parent,
-            "payload_sha256": self.payload_sha256,
-            "meta": self.meta,
-        }
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
@@ -111,10 +101,6 @@ def canonical_json(obj) -> str:
     )
 
 
-def file_digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def _signed_digest(head: bytes, sig_start: int) -> bytes:
     """SHA-256 over domain + header, with the signature's hex digits taken as zeros."""
     h = hashlib.sha256(SIGNING_DOMAIN)
@@ -132,6 +118,15 @@ def artifact_id(head: bytes) -> str:
 _PAYLOAD_MARK = b'payload_sha256\\":\\"' + b"0" * 64
 
 
+@dataclass(frozen=True)
+class SignedArtifact:
+    """A freshly built artifact: its bytes and the hashes computed while building it."""
+
+    data: bytes
+    digest: str  # artifact id, as Artifact.digest
+    payload_sha256: str  # hash of the tensor data, as in the header
+
+
 def build_artifact(
     kind: str,
     *,
@@ -142,8 +137,8 @@ def build_artifact(
     meta: dict,
     tensors: dict[str, np.ndarray],
     signer: PrivateIdentity,
-) -> bytes:
-    """Serialise and sign an artifact; returns the file's bytes."""
+) -> SignedArtifact:
+    """Serialise and sign an artifact."""
     if kind not in KINDS:
         raise ValueError(f"unknown artifact kind {kind!r}")
     if signer.name != sender:
@@ -170,29 +165,21 @@ def build_artifact(
         raise RuntimeError("unexpected safetensors layout")
     payload = memoryview(unsigned)[head_end:]
     pos = head.index(_PAYLOAD_MARK) + len(_PAYLOAD_MARK) - 64
-    head[pos : pos + 64] = hashlib.sha256(payload).hexdigest().encode()
+    payload_sha256 = hashlib.sha256(payload).hexdigest()
+    head[pos : pos + 64] = payload_sha256.encode()
     sig_start = head.index(sig_marker) + 1
     signature = signer.sign(_signed_digest(bytes(head), sig_start)).hex()
     head[sig_start : sig_start + SIG_HEX_LEN] = signature.encode()
     # One copy of the payload: the patched header and the data, joined.
-    return b"".join((head, payload))
+    return SignedArtifact(b"".join((head, payload)), artifact_id(bytes(head)), payload_sha256)
 
 
 def _fail(msg: str) -> VerificationError:
     return VerificationError(msg)
 
 
-def parse_unverified(data: bytes, what: str = "file") -> tuple[Artifact, bytes]:
-    """Check the container's structure and return (artifact, signed digest).
-
-    Nothing here is trusted yet: callers must verify the signature over the digest.
-    """
-    if len(data) < 8:
-        raise _fail(f"{what} is empty or truncated (not a fedxray artifact)")
-    (hlen,) = struct.unpack("<Q", data[:8])
-    if hlen > MAX_HEADER or 8 + hlen > len(data):
-        raise _fail(f"{what} is truncated or not a fedxray artifact")
-    head_bytes = bytes(data[8 : 8 + hlen])
+def _parse_head(head_bytes: bytes, what: str) -> tuple[dict, str, Header]:
+    """(tensor index, signature hex, fedxray header) of a safetensors header, unverified."""
     try:
         head = json.loads(head_bytes)
     except (UnicodeDecodeError, ValueError):
@@ -210,10 +197,6 @@ def parse_unverified(data: bytes, what: str = "file") -> tuple[Artifact, bytes]:
         raise _fail(f"{what} is not a fedxray artifact (no fedxray header)")
     if len(sig) != SIG_HEX_LEN or any(c not in "0123456789abcdef" for c in sig):
         raise _fail(f"{what} has a malformed signature")
-    marker = f'"{sig}"'.encode()
-    if head_bytes.count(marker) != 1:
-        raise _fail(f"{what} has a malformed signature")
-    message = _signed_digest(data[: 8 + hlen], 8 + head_bytes.index(marker) + 1)
     try:
         h = json.loads(hdr_json)
         header = Header(
@@ -233,11 +216,61 @@ def parse_unverified(data: bytes, what: str = "file") -> tuple[Artifact, bytes]:
         raise _fail(
             f"{what} has format version {header.format}; this fedxray reads {FORMAT_VERSION}"
         )
+    return head, sig, header
+
+
+def _header_length(prefix: bytes, size: int, what: str) -> int:
+    if len(prefix) < 8:
+        raise _fail(f"{what} is empty or truncated (not a fedxray artifact)")
+    (hlen,) = struct.unpack("<Q", prefix[:8])
+    if hlen > MAX_HEADER or 8 + hlen > size:
+        raise _fail(f"{what} is truncated or not a fedxray artifact")
+    return hlen
+
+
+def parse_unverified(data: bytes, what: str = "file") -> tuple[Artifact, bytes]:
+    """Check the container's structure and return (artifact, signed digest).
+
+    Nothing here is trusted yet: callers must verify the signature over the digest.
+    """
+    hlen = _header_length(data[:8], len(data), what)
+    head_bytes = bytes(data[8 : 8 + hlen])
+    index, sig, header = _parse_head(head_bytes, what)
+    marker = f'"{sig}"'.encode()
+    if head_bytes.count(marker) != 1:
+        raise _fail(f"{what} has a malformed signature")
+    message = _signed_digest(data[: 8 + hlen], 8 + head_bytes.index(marker) + 1)
     payload = memoryview(data).toreadonly()[8 + hlen :]
-    tensors = _parse_tensors(head, payload, what)
+    tensors = _parse_tensors(index, payload, what)
     if hashlib.sha256(payload).hexdigest() != header.payload_sha256:
         raise _fail(f"{what} is corrupt: payload checksum mismatch")
     return Artifact(header, tensors, artifact_id(bytes(data[: 8 + hlen])), sig), message
+
+
+def read_header(source: bytes | memoryview | str | os.PathLike, what: str = "file") -> Header:
+    """The header of a file or buffer, NOT verified, without reading or hashing the tensors."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        view = memoryview(source)
+        hlen = _header_length(bytes(view[:8]), len(view), what)
+        return _parse_head(bytes(view[8 : 8 + hlen]), what)[2]
+    with open(source, "rb") as f:
+        hlen = _header_length(f.read(8), 8 + MAX_HEADER, what)
+        head = f.read(hlen)
+    if len(head) != hlen:
+        raise _fail(f"{what} is truncated or not a fedxray artifact")
+    return _parse_head(head, what)[2]
+
+
+def peek_header(source: bytes | memoryview | str | os.PathLike) -> Header | None:
+    """:func:`read_header`, or None when the header cannot be read.
+
+    For choosing a default file name or a round before the real work, which verifies every
+    file in full and then reports why a file is unreadable.
+    """
+    try:
+        return read_header(source)
+    except (OSError, VerificationError):
+        return None
 
 
 def _parse_tensors(index: dict, payload: memoryview, what: str) -> dict[str, np.ndarray]:
@@ -280,66 +313,3 @@ def verify_signature(art: Artifact, digest: bytes, signer: PublicIdentity, what:
         raise _fail(
             f"{what}: signature check failed (file altered or not signed by {signer.name})"
         ) from None
-
-
-def load_artifact(
-    data: bytes,
-    *,
-    plan: Plan,
-    kind: str,
-    round: int | None = None,
-    sender: str | Iterable[str] | None = None,
-    parent: str | None = None,
-    what: str = "file",
-) -> Artifact:
-    """Verify ``data`` against the plan and the caller's expectations, then return it.
-
-    Checks, in order: structure and payload hash, kind, federation, sender is a member (and one of
-    ``sender`` if given), signature with the sender's key from the plan, round, parent.
-    """
-    art, message = parse_unverified(data, what)
-    h = art.header
-    if h.kind != kind:
-        raise _fail(f"{what} is a {h.kind!r} file, expected {kind!r}")
-    if h.federation != plan.federation_id:
-        raise _fail(
-            f"{what} belongs to federation {h.federation[:12]}, not to {plan.name} "
-            f"({plan.federation_id[:12]})"
-        )
-    member = plan.member(h.sender)
-    if member is None:
-        raise _fail(f"{what} was sent by {h.sender!r}, who is not a member of {plan.name}")
-    if sender is not None:
-        allowed = {sender} if isinstance(sender, str) else set(sender)
-        if h.sender not in allowed:
-            raise _fail(f"{what} was sent by {h.sender!r}, expected {', '.join(sorted(allowed))}")
-    verify_signature(art, message, member, what)
-    if round is not None and h.round != round:
-        raise _fail(f"{what} is for round {h.round}, expected round {round}")
-    if parent is not None and h.parent != parent:
-        raise _fail(
-            f"{what} was made from a different parent ({h.parent[:12]}, expected {parent[:12]})"
-        )
-    return art
-
-
-def check_tensor_layout(
-    art: Artifact, layout: dict[str, tuple[tuple[int, ...], str]], what: str
-) -> None:
-    """Tensor names, shapes and dtypes must be exactly ``layout``; all values finite."""
-    names = set(art.tensors)
-    if names != set(layout):
-        missing = sorted(set(layout) - names)[:3]
-        extra = sorted(names - set(layout))[:3]
-        raise _fail(
-            f"{what} does not match the plan's model (missing {missing}, unexpected {extra})"
-        )
-    for name, (shape, dtype) in layout.items():
-        t = art.tensors[name]
-        if tuple(t.shape) != tuple(shape) or t.dtype != np.dtype(dtype):
-            raise _fail(
-                f"{what}: tensor {name} is {t.dtype}{list(t.shape)}, the plan's model needs "
-                f"{np.dtype(dtype)}{list(shape)}"
-            )
-        if t.dtype.kind == "f" and not np.isfinite(t).all():
-            raise _fail(f"{what}: tensor {name} has non-finite values")

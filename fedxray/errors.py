@@ -24,14 +24,23 @@ EXIT_CODES = {
 
 
 class FedxrayError(Exception):
-    """A user-facing error: one line of message, an optional hint, an exit code."""
+    """A user-facing error: one line of message, an optional hint, an exit code.
+
+    ``option`` names, in the library's words (a keyword such as ``force``), the choice that
+    would change the outcome, and ``value`` a value that would work; a front end shows them
+    its own way (the CLI as ``--force``). Messages themselves never name command-line flags.
+    """
 
     exit_code = EXIT_ERROR
 
-    def __init__(self, message: str, hint: str | None = None):
+    def __init__(
+        self, message: str, hint: str | None = None, *, option: str | None = None, value=None
+    ):
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.option = option
+        self.value = value
 
 
 class VerificationError(FedxrayError):

@@ -11,12 +11,27 @@ from pathlib import Path
 
 from fedxray.errors import FedxrayError
 
-STDIO = "-"
+STDIO = "-"  # as a path: standard input or standard output
+
+
+def is_stdio(path: str | os.PathLike | None) -> bool:
+    """Whether ``path`` is the marker for standard input or output."""
+    return path is not None and str(path) == STDIO
+
+
+def shown(path: str | os.PathLike, stream: str = "standard output") -> str:
+    """How messages name an output (or input) path."""
+    return stream if is_stdio(path) else str(path)
+
+
+def input_name(path: str | os.PathLike) -> str:
+    """How messages name an input: its file name, or standard input."""
+    return "standard input" if is_stdio(path) else Path(path).name
 
 
 def read_input(path: str | os.PathLike, what: str = "file") -> bytes:
     """Read a whole input once; ``-`` reads standard input."""
-    if str(path) == STDIO:
+    if is_stdio(path):
         return sys.stdin.buffer.read()
     p = Path(path)
     try:
@@ -33,11 +48,13 @@ def read_input(path: str | os.PathLike, what: str = "file") -> bytes:
 
 def check_writable(path: str | os.PathLike, force: bool = False) -> None:
     """Fail early (before any work) if ``path`` exists and ``force`` is not given."""
-    if str(path) == STDIO:
+    if is_stdio(path):
         return
     p = Path(path)
     if p.exists() and not force:
-        raise FedxrayError(f"output exists: {p}", hint="use --force to overwrite it")
+        raise FedxrayError(
+            f"output exists: {p}", hint="overwrite it only on purpose", option="force"
+        )
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
         raise FedxrayError(f"output folder does not exist: {parent}")
@@ -57,7 +74,7 @@ def write_atomic(
     renamed over the target. ``exclusive`` refuses an existing target even with ``force``
     (private keys). ``-`` writes to standard output.
     """
-    if str(path) == STDIO:
+    if is_stdio(path):
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
         return

@@ -15,10 +15,15 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
 
 from fedxray.errors import FedxrayError
-from fedxray.fsio import read_input, write_atomic
+from fedxray.fsio import is_stdio, read_input, write_atomic
 
 KEY_FORMAT = "fedxray-private-key-v1"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -135,8 +140,6 @@ class PrivateIdentity:
         return self.kx_private.exchange(peer.kx_key)
 
     def to_bytes(self) -> bytes:
-        from cryptography.hazmat.primitives.serialization import NoEncryption, PrivateFormat
-
         raw = {
             "format": KEY_FORMAT,
             "name": self.name,
@@ -164,7 +167,7 @@ def save_private_key(ident: PrivateIdentity, path: str | os.PathLike) -> None:
 
 def load_private_key(path: str | os.PathLike) -> PrivateIdentity:
     p = Path(path)
-    if str(path) == "-":
+    if is_stdio(path):
         raise FedxrayError("private keys are read from a file, not standard input")
     try:
         st = p.stat()

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedxray.artifact import Artifact, build_artifact, check_tensor_layout, load_artifact
+from fedxray.artifact import Artifact, SignedArtifact, build_artifact
 from fedxray.keys import PrivateIdentity
 from fedxray.plan import Plan
-
-
-def model_filename(round_number: int) -> str:
-    return f"round-{round_number:04d}.model"
+from fedxray.verification import check_tensor_layout, load_artifact
 
 
 def build_model_artifact(
@@ -21,7 +18,7 @@ def build_model_artifact(
     parent: str,
     provenance: dict,
     signer: PrivateIdentity,
-) -> bytes:
+) -> SignedArtifact:
     """The global model that round ``round_number`` trains from."""
     tensors = {k: np.asarray(v, dtype=np.float32) for k, v in weights.items()}
     return build_artifact(
@@ -30,7 +27,7 @@ def build_model_artifact(
         round=round_number,
         sender=plan.coordinator.name,
         parent=parent,
-        meta={"arch": plan.model["arch"], "provenance": provenance},
+        meta={"arch": plan.settings.model.arch, "provenance": provenance},
         tensors=tensors,
         signer=signer,
     )

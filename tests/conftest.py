@@ -8,6 +8,20 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# DICOM attributes that identify a patient or a visit: none of their values may leave prep.
+PHI_KEYWORDS = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "StudyDate",
+    "AccessionNumber",
+    "InstitutionName",
+    "ReferringPhysicianName",
+    "StationName",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+)
 SHARED_DATA = Path(os.environ.get("FEDXRAY_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 

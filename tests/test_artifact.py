@@ -7,9 +7,11 @@ import pytest
 from safetensors.numpy import load as st_load
 
 from fedxray import keys
-from fedxray.artifact import build_artifact, check_tensor_layout, load_artifact, parse_unverified
+from fedxray.artifact import build_artifact, parse_unverified
 from fedxray.errors import VerificationError
-from fedxray.plan import create_plan, make_settings, plan_from_bytes
+from fedxray.plan import create_plan, plan_from_bytes
+from fedxray.settings import make_settings
+from fedxray.verification import check_tensor_layout, load_artifact
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +35,7 @@ def _update(plan, site, round_=1, kind="update", tensors=None):
         meta={"num_examples": 3},
         tensors=tensors,
         signer=site,
-    )
+    ).data
 
 
 def test_roundtrip_and_safetensors_compatible(fed):

@@ -25,7 +25,8 @@ from fedxray.data.prep import prepare
 from fedxray.models import build_model, load_numpy_state, state_to_numpy
 from fedxray.simulation.runner import SimulationConfig
 from fedxray.simulation.split import patient_keys, subset
-from fedxray.training import TrainSettings, train_round
+from fedxray.training.loop import train_round
+from fedxray.training.settings import TrainSettings
 
 REPO = Path(__file__).resolve().parents[1]
 SITE_PATIENTS, NON_MEMBERS, CANARIES = 100, 100, 40
@@ -55,7 +56,7 @@ def scenario() -> Scenario:
     train, canary_shard = apply_canaries(site, canaries)
     members = subset(site, np.flatnonzero(~np.isin(site.patients, canaries.patients)))
     settings = TrainSettings(
-        arch=DEFAULTS.arch, image_size=DEFAULTS.image_size, classes=tuple(shard.classes),
+        arch=DEFAULTS.model, image_size=DEFAULTS.image_size, classes=tuple(shard.classes),
         local_epochs=DEFAULTS.local_epochs, rounds=DEFAULTS.rounds,
         batch_size=DEFAULTS.batch_size, lr=DEFAULTS.lr, target_epsilon=DEFAULTS.epsilon,
         delta=DEFAULTS.delta, max_grad_norm=DEFAULTS.clip_norm,

@@ -22,7 +22,8 @@ from fedxray.evaluation import evaluate
 from fedxray.evaluation.inference import predict_proba
 from fedxray.modelfile import build_model_artifact
 from fedxray.models.registry import build_model, load_numpy_state, state_to_numpy
-from fedxray.plan import create_plan, make_settings, plan_from_bytes
+from fedxray.plan import create_plan, plan_from_bytes
+from fedxray.settings import make_settings
 from tests.cli_helpers import assert_clean_error, run_cli
 from tests.images import phantom_png
 
@@ -44,7 +45,7 @@ def _federation(folder, seed=0):
     weights = state_to_numpy(build_model("smallcnn", SIZE, len(CLASSES), seed=seed))
     model_bytes = build_model_artifact(
         plan, round_number=1, weights=weights, parent=plan.digest, provenance={}, signer=coord
-    )
+    ).data
     return plan, plan_bytes, model_bytes, sites[0]
 
 
@@ -265,25 +266,19 @@ def test_shard_must_fit_the_model(fed, tmp_path):
     big = Shard(rng.integers(0, 255, (n, 48, 48), dtype=np.uint8), labels, CLASSES, 48)
     write_shard(tmp_path / "big.shard", big)
     r = run_cli("evaluate", fed["model"], tmp_path / "big.shard")
-    assert r.code == EXIT_ERROR and "48 px" in r.err and "--size 32" in r.err
+    assert r.code == EXIT_ERROR and "48 px" in r.err and "--image-size 32" in r.err
+    assert "--image-size" in run_cli("prep", "--help").out  # the hint names a flag prep takes
 
-    two = Shard(
-        rng.integers(0, 255, (n, SIZE, SIZE), dtype=np.uint8),
-        np.array([0, 1, 1, 0]),
-        ["normal", "pneumonia"],
-        SIZE,
-    )
+    def pixels():
+        return rng.integers(0, 255, (n, SIZE, SIZE), dtype=np.uint8)
+
+    two = Shard(pixels(), np.array([0, 1, 1, 0]), ["normal", "pneumonia"], SIZE)
     write_shard(tmp_path / "two.shard", two)
     r = run_cli("evaluate", fed["model"], tmp_path / "two.shard")
     assert r.code == EXIT_ERROR and "pneumonia" in r.err and "normal, bacterial, viral" in r.err
 
     # The same classes in another order are relabelled, not refused.
-    shuffled = Shard(
-        rng.integers(0, 255, (n, SIZE, SIZE), dtype=np.uint8),
-        np.array([0, 1, 2, 2]),
-        ["viral", "normal", "bacterial"],
-        SIZE,
-    )
+    shuffled = Shard(pixels(), np.array([0, 1, 2, 2]), ["viral", "normal", "bacterial"], SIZE)
     write_shard(tmp_path / "shuffled.shard", shuffled)
     doc = _json(
         run_cli("evaluate", fed["model"], tmp_path / "shuffled.shard", "--bootstrap", "0", "--json")

@@ -180,24 +180,24 @@ def test_killed_process_leaves_no_partial_file(tmp_path):
 
 
 def test_ctrl_c_is_one_line_and_exit_130(fed, monkeypatch):
-    import fedxray.inspection
+    import fedxray.steps.inspection
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(fedxray.inspection, "describe", interrupted)
+    monkeypatch.setattr(fedxray.steps.inspection, "describe", interrupted)
     d, _ = fed
     r = run_cli("inspect", d / "coord" / "demo.plan")
     assert r.code == 130 and "interrupted" in r.err and "Traceback" not in r.err
 
 
 def test_unexpected_exception_is_one_line(fed, monkeypatch):
-    import fedxray.inspection
+    import fedxray.steps.inspection
 
     def broken(*a, **k):
         raise ZeroDivisionError("boom")
 
-    monkeypatch.setattr(fedxray.inspection, "describe", broken)
+    monkeypatch.setattr(fedxray.steps.inspection, "describe", broken)
     d, _ = fed
     r = run_cli("inspect", d / "coord" / "demo.plan")
     assert r.code == 1 and "internal error" in r.err and "Traceback" not in r.err

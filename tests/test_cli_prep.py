@@ -21,25 +21,12 @@ from fedxray.data.shard_io import read_shard
 from fedxray.errors import EXIT_ERROR
 from fedxray.keys import load_private_key
 from tests.cli_helpers import run_cli
-from tests.conftest import REPO
+from tests.conftest import PHI_KEYWORDS, REPO
 from tests.images import phantom_png
 
 SAMPLE = REPO / "sample_data"
 PER_CLASS = 2
 ONE_JSON = ("--workers", "1", "--json")
-PHI_KEYWORDS = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "StudyDate",
-    "AccessionNumber",
-    "InstitutionName",
-    "ReferringPhysicianName",
-    "StationName",
-    "StudyInstanceUID",
-    "SeriesInstanceUID",
-    "SOPInstanceUID",
-)
 
 
 @pytest.fixture(scope="module")
@@ -234,7 +221,7 @@ def test_existing_output_is_refused_without_force(site, tmp_path):
 
 
 def test_same_relative_path_in_two_inputs_gets_two_image_ids(fed, tmp_path):
-    from fedxray.evaluation.run import reads_for_shard
+    from fedxray.steps.evaluate import reads_for_shard
 
     for seed, name in enumerate(("east", "west")):
         phantom_png(tmp_path / name / "NORMAL" / "x.png", seed)
@@ -266,7 +253,7 @@ def test_same_relative_path_in_two_inputs_gets_two_image_ids(fed, tmp_path):
 
 def test_module_entry_with_worker_processes(tmp_path):
     """`python -m fedxray prep --workers 2` really starts (spawned) worker processes."""
-    from fedxray.data.prep import MIN_FILES_PER_WORKER
+    from fedxray.data.decode import MIN_FILES_PER_WORKER
 
     n = 2 * MIN_FILES_PER_WORKER
     for i in range(n):

@@ -7,10 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from fedxray.artifact import build_artifact, load_artifact, parse_unverified
+from fedxray.artifact import build_artifact, parse_unverified
 from fedxray.errors import EXIT_ERROR, EXIT_REFUSED, EXIT_VERIFY
 from fedxray.keys import generate, load_private_key
 from fedxray.plan import load_plan
+from fedxray.verification import load_artifact
+from tests.artifacts import resign
 from tests.cli_helpers import run_cli
 
 SITES = ("hosp-a", "hosp-b", "hosp-c")
@@ -68,7 +70,7 @@ class Fed:
             },
             tensors=deltas,
             signer=load_private_key(self.key(site)),
-        )
+        ).data
         path = self.root / site / (name or f"{site}-round-{r:04d}.update")
         path.write_bytes(data)
         return path
@@ -189,18 +191,8 @@ def test_mask_once_per_round_and_outputs(fed):
     # Values beyond the plan's clip range are masked with a warning.
     big = fed.root / "hosp-b" / "big.update"
     art = load_artifact(fed.update("hosp-b", 1).read_bytes(), plan=fed.plan, kind="update")
-    big.write_bytes(
-        build_artifact(
-            "update",
-            federation=fed.plan.federation_id,
-            round=1,
-            sender="hosp-b",
-            parent=art.header.parent,
-            meta=art.header.meta,
-            tensors={k: np.full(v.shape, 9.0, np.float32) for k, v in art.tensors.items()},
-            signer=load_private_key(fed.key("hosp-b")),
-        )
-    )
+    nines = {k: np.full(v.shape, 9.0, np.float32) for k, v in art.tensors.items()}
+    big.write_bytes(resign(art, load_private_key(fed.key("hosp-b")), tensors=nines))
     r = fed.cli("mask", big, key=fed.key("hosp-b"))
     assert r.code == 0 and "warning:" in r.err and "clipped to the plan's range ±4" in r.err
     # Another site's update, or a key that is not the plan's.
@@ -222,20 +214,8 @@ def test_aggregate_rejections(fed, tmp_path):
     # Signed by someone who is not a member.
     mallory = generate("mallory")
     art = load_artifact(masked["hosp-a"].read_bytes(), plan=fed.plan, kind="masked")
-    h = art.header
     fake = tmp_path / "mallory.masked"
-    fake.write_bytes(
-        build_artifact(
-            "masked",
-            federation=h.federation,
-            round=1,
-            sender="mallory",
-            parent=h.parent,
-            meta=h.meta,
-            tensors=art.tensors,
-            signer=mallory,
-        )
-    )
+    fake.write_bytes(resign(art, mallory, round=1))
     r = fed.cli("aggregate", *ok[:2], fake, *sink)
     assert r.code == EXIT_VERIFY and "not a member" in r.err
     # The same sender twice (a copy under another name).
@@ -270,16 +250,7 @@ def test_reveal_needs_a_valid_closure(fed, tmp_path):
     assert r.code == EXIT_VERIFY
     # Signed by a site instead of the coordinator.
     art = load_artifact(closure.read_bytes(), plan=fed.plan, kind="closure")
-    forged = build_artifact(
-        "closure",
-        federation=fed.plan.federation_id,
-        round=1,
-        sender="hosp-b",
-        parent=art.header.parent,
-        meta=art.header.meta,
-        tensors={},
-        signer=load_private_key(fed.key("hosp-b")),
-    )
+    forged = resign(art, load_private_key(fed.key("hosp-b")))
     (tmp_path / "forged.closure").write_bytes(forged)
     r = fed.cli("reveal", tmp_path / "forged.closure", *out, key=key)
     assert r.code == EXIT_VERIFY and "expected coordinator" in r.err

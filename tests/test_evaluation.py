@@ -13,15 +13,16 @@ from scipy import stats
 from torch import nn
 
 from fedxray.errors import FedxrayError
-from fedxray.evaluation import evaluate, plot_report
+from fedxray.evaluation import evaluate
 from fedxray.evaluation.bootstrap import (
     Resampler,
     bootstrap_ci,
     cluster_index,
     percentile_interval,
 )
-from fedxray.evaluation.inference import images_to_tensor, predict_proba
+from fedxray.evaluation.inference import predict_proba
 from fedxray.evaluation.metrics import compute_metrics
+from fedxray.evaluation.plots import PLOT_FILES
 from fedxray.evaluation.reference import (
     NOT_READ,
     binomial_two_sided,
@@ -29,7 +30,8 @@ from fedxray.evaluation.reference import (
     mcnemar,
     read_reads_csv,
 )
-from fedxray.evaluation.report import PLOT_FILES
+from fedxray.models.inputs import images_to_tensor
+from fedxray.steps.evaluate import plot_report
 
 CLASSES = ["normal", "bacterial", "viral"]
 

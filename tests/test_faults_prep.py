@@ -16,7 +16,8 @@ import pydicom
 import pytest
 from pydicom.encaps import encapsulate, get_frame
 
-from fedxray.data.prep import _pixel_digest, prepare
+from fedxray.data.decode import pixel_digest
+from fedxray.data.prep import prepare
 from fedxray.data.pseudonym import image_id
 from fedxray.data.shard_io import read_shard
 from fedxray.errors import EXIT_ERROR
@@ -188,8 +189,8 @@ def test_prep_sample_data_says_which_input_to_give(tmp_path):
 
 def test_duplicates_are_compared_like_with_like():
     black = np.zeros((32, 32), np.uint8)
-    assert _pixel_digest(black, (1, 1)) != _pixel_digest(black, (1, 500))
-    assert _pixel_digest(black, (1, 500)) == _pixel_digest(black.copy(), (1, 500))
+    assert pixel_digest(black, (1, 1)) != pixel_digest(black, (1, 500))
+    assert pixel_digest(black, (1, 500)) == pixel_digest(black.copy(), (1, 500))
 
 
 def test_keep_duplicates_keeps_every_copy_and_says_so(tmp_path):

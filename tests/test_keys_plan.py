@@ -8,8 +8,10 @@ import stat
 import pytest
 
 from fedxray import keys
+from fedxray.cards import card_bytes, card_from_bytes
 from fedxray.errors import FedxrayError, VerificationError
-from fedxray.plan import card_bytes, card_from_bytes, create_plan, make_settings, plan_from_bytes
+from fedxray.plan import create_plan, plan_from_bytes
+from fedxray.settings import make_settings
 
 
 def test_key_file_is_private_and_never_overwritten(tmp_path):

@@ -111,7 +111,8 @@ _ROUND_SCRIPT = textwrap.dedent(
     torch.set_num_threads(1)
     from fedxray.data.shard import Shard
     from fedxray.models import build_model, state_to_numpy
-    from fedxray.training import TrainSettings, train_round
+    from fedxray.training.loop import train_round
+    from fedxray.training.settings import TrainSettings
     ledger, rounds, epochs, round_number = sys.argv[1], *map(int, sys.argv[2:5])
     rng = np.random.default_rng(0)
     shard = Shard(images=(rng.random((200, 16, 16)) * 255).astype(np.uint8),

@@ -17,6 +17,7 @@ from fedxray.data.shard_io import read_shard, write_shard
 from fedxray.errors import FedxrayError
 from fedxray.sampledata import SiteSpec, generate_site, render
 from fedxray.sampledata.dicom_writer import STYLES
+from tests.conftest import PHI_KEYWORDS
 
 SECRET = b"k" * 32
 SIZE = 32
@@ -102,20 +103,7 @@ def test_no_phi_reaches_the_shard(tmp_path):
     phi: set[str] = set()
     for p in paths:
         ds = pydicom.dcmread(p, force=True)
-        for kw in (
-            "PatientName",
-            "PatientID",
-            "PatientBirthDate",
-            "StudyDate",
-            "StudyTime",
-            "AccessionNumber",
-            "InstitutionName",
-            "ReferringPhysicianName",
-            "StationName",
-            "StudyInstanceUID",
-            "SeriesInstanceUID",
-            "SOPInstanceUID",
-        ):
+        for kw in (*PHI_KEYWORDS, "StudyTime"):
             value = str(ds.get(kw, "") or "")
             if len(value) >= 6:
                 phi.add(value)
@@ -219,7 +207,7 @@ def test_explicit_csv_and_unmatched_rows(tmp_path):
 
 
 def test_two_workers_match_one(tmp_path, monkeypatch):
-    import fedxray.data.prep as prep_module
+    import fedxray.data.decode as prep_module
 
     pools = []
 

@@ -6,14 +6,22 @@ import numpy as np
 import pytest
 
 from fedxray import keys
-from fedxray.artifact import build_artifact, load_artifact
+from fedxray.artifact import build_artifact
 from fedxray.errors import FedxrayError, ProtocolRefusal, VerificationError
 from fedxray.modelfile import build_model_artifact, load_model_artifact
-from fedxray.plan import create_plan, make_settings, plan_from_bytes
-from fedxray.secagg import protocol
+from fedxray.plan import create_plan, plan_from_bytes
 from fedxray.secagg.accumulate import CONTROL
 from fedxray.secagg.pairwise import removal_streams
 from fedxray.secagg.prg import add_streams
+from fedxray.secagg.rounds import compute_closure_id
+from fedxray.settings import make_settings
+from fedxray.steps.abandon import abandon_round
+from fedxray.steps.aggregate import aggregate
+from fedxray.steps.mask import mask_update
+from fedxray.steps.reveal import reveal
+from fedxray.steps.unmask import unmask
+from fedxray.verification import load_artifact
+from tests.artifacts import resign
 
 SITES = ("alpha", "bravo", "charlie", "delta")
 
@@ -24,10 +32,11 @@ class Fed:
     def __init__(self, tmp_path, n_sites=4, **secagg):
         self.coord = keys.generate("coordinator")
         self.sites = {n: keys.generate(n) for n in SITES[:n_sites]}
+        server = secagg.pop("server", {"optimizer": "fedavg", "lr": 1.0})
         settings = make_settings(
             {
                 "secagg": {"frac_bits": 32, "clip": 1.0, "max_examples": 5000, **secagg},
-                "server": secagg.pop("server", {"optimizer": "fedavg", "lr": 1.0}),
+                "server": server,
             }
         )
         self.plan = plan_from_bytes(
@@ -43,7 +52,7 @@ class Fed:
             parent=self.plan.digest,
             provenance={"round": 0},
             signer=self.coord,
-        )
+        ).data
         self.dirs = {}
         for name in [*self.sites, "coordinator"]:
             d = tmp_path / name
@@ -73,35 +82,36 @@ class Fed:
             },
             tensors=delta,
             signer=self.sites[site],
-        )
+        ).data
 
     def mask(self, site, update=None):
         if update is None:
             update = self.updates[site] = self.update(site)
-        return protocol.mask_update(
+        return mask_update(
             update,
             self.plan,
             self.sites[site],
             self.dirs[site],
-        )
+        ).data
 
     def aggregate(self, masked, round_number=1):
-        return protocol.aggregate(
+        res = aggregate(
             masked, self.plan, self.coord, round_number, state_dir=self.dirs["coordinator"]
         )
+        return res.sum, res.closure
 
     def reveal(self, site, closure):
-        return protocol.reveal(closure, self.plan, self.sites[site], self.dirs[site])
+        return reveal(closure, self.plan, self.sites[site], self.dirs[site]).data
 
     def unmask(self, total, reveals, model=None):
-        return protocol.unmask(
+        return unmask(
             total,
             reveals,
             self.plan,
             self.coord,
             model or self.model,
             self.dirs["coordinator"] / "server.state",
-        )
+        ).model
 
     def expected(self, survivors):
         n = sum(self.counts[s] for s in survivors)
@@ -226,7 +236,7 @@ def test_aggregate_rejections(tmp_path):
     other.plan = plan_from_bytes(
         create_plan("other", fed.coord, [k.public for k in fed.sites.values()], fed.plan.settings)
     )
-    foreign = protocol.mask_update(
+    foreign = mask_update(
         build_artifact(
             "update",
             federation=other.plan.federation_id,
@@ -236,25 +246,24 @@ def test_aggregate_rejections(tmp_path):
             meta={"num_examples": 10},
             tensors={n: np.zeros(s, np.float32) for n, (s, _) in fed.plan.model_layout().items()},
             signer=fed.sites["delta"],
-        ),
+        ).data,
         other.plan,
         fed.sites["delta"],
         tmp_path,
-    )
+    ).data
     with pytest.raises(VerificationError, match="federation"):
         fed.aggregate([*ok, foreign])
     # Signed by someone who is not a member, or claiming to be a member.
     mallory = keys.generate("mallory")
     art = load_artifact(masked["alpha"], plan=fed.plan, kind="masked")
-    h = art.header
-    fake = dict(federation=h.federation, round=1, parent=h.parent, meta=h.meta, tensors=art.tensors)
+    outsider = resign(art, mallory, round=1)
     with pytest.raises(VerificationError, match="not a member"):
-        fed.aggregate([*ok, build_artifact("masked", sender="mallory", signer=mallory, **fake)])
+        fed.aggregate([*ok, outsider])
     impostor = keys.PrivateIdentity(
         "delta", mallory.signing_key, mallory.kx_private, mallory.secret
     )
     with pytest.raises(VerificationError, match="signature"):
-        fed.aggregate([*ok, build_artifact("masked", sender="delta", signer=impostor, **fake)])
+        fed.aggregate([*ok, resign(art, impostor, round=1)])
     # The same site twice.
     with pytest.raises(VerificationError, match="second masked update from alpha"):
         fed.aggregate([*ok, fed.mask("alpha", fed.updates["alpha"])])
@@ -280,7 +289,7 @@ def test_reveal_rejections(tmp_path):
     def signed(signer=fed.coord, plan=fed.plan, round_number=1, **changes):
         """A closure with ``changes``, its id recomputed, signed by ``signer``."""
         m = {**meta, **changes}
-        m["closure"] = protocol.compute_closure_id(
+        m["closure"] = compute_closure_id(
             plan, round_number, parent, m["survivors"], m["dropped"], m["strict"], m["inputs"]
         )
         return build_artifact(
@@ -292,7 +301,7 @@ def test_reveal_rejections(tmp_path):
             meta=m,
             tensors={},
             signer=signer,
-        )
+        ).data
 
     # A dropped site, or a site that has not masked in the closure's round, reveals nothing.
     with pytest.raises(ProtocolRefusal, match="as dropped"):
@@ -337,7 +346,7 @@ def test_reveal_rejections(tmp_path):
         },
         tensors={},
         signer=fed.coord,
-    )
+    ).data
     with pytest.raises(VerificationError, match="id does not match"):
         fed.reveal("alpha", tampered)
     # A closure that lists another masked update for this site.
@@ -370,16 +379,7 @@ def test_unmask_checks_inputs(tmp_path):
     # A reveal whose seeds were tampered with (re-signed by the site itself) is detected.
     art = load_artifact(reveals[0], plan=fed.plan, kind="reveal")
     pairs = {p: "00" * 32 for p in art.header.meta["pairs"]}
-    wrong = build_artifact(
-        "reveal",
-        federation=fed.plan.federation_id,
-        round=1,
-        sender="alpha",
-        parent=art.header.parent,
-        meta={**art.header.meta, "pairs": pairs},
-        tensors={},
-        signer=fed.sites["alpha"],
-    )
+    wrong = resign(art, fed.sites["alpha"], meta={**art.header.meta, "pairs": pairs})
     with pytest.raises(VerificationError, match="do not remove the masks"):
         fed.unmask(total, [wrong, *reveals[1:]])
     # The sum belongs to the round-1 model, not to another one.
@@ -390,7 +390,7 @@ def test_unmask_checks_inputs(tmp_path):
         parent="ff" * 32,
         provenance={},
         signer=fed.coord,
-    )
+    ).data
     with pytest.raises(VerificationError, match="another global model"):
         fed.unmask(total, reveals, model=other_model)
     assert load_model_artifact(fed.unmask(total, reveals), fed.plan, round_number=2)
@@ -412,29 +412,21 @@ def test_mask_input_checks_and_clipping_warning(tmp_path):
     with pytest.raises(FedxrayError, match="caps a site at 5000"):
         fed.mask("alpha", fed.update("alpha", count=5001))
     with pytest.raises(FedxrayError, match="not a site"):
-        protocol.mask_update(fed.update("alpha"), fed.plan, keys.generate("zulu"), tmp_path)
+        mask_update(fed.update("alpha"), fed.plan, keys.generate("zulu"), tmp_path)
     with pytest.raises(VerificationError, match="expected alpha"):
-        protocol.mask_update(fed.update("bravo"), fed.plan, fed.sites["alpha"], tmp_path)
+        mask_update(fed.update("bravo"), fed.plan, fed.sites["alpha"], tmp_path)
     upd = load_artifact(fed.update("bravo"), plan=fed.plan, kind="update")
     big = {n: np.asarray(t) * 0 + 3.0 for n, t in upd.tensors.items()}  # clip is 1.0
-    data = build_artifact(
-        "update",
-        federation=fed.plan.federation_id,
-        round=1,
-        sender="bravo",
-        parent=upd.header.parent,
-        meta=upd.header.meta,
-        tensors={n: t.astype(np.float32) for n, t in big.items()},
-        signer=fed.sites["bravo"],
+    data = resign(
+        upd, fed.sites["bravo"], tensors={n: t.astype(np.float32) for n, t in big.items()}
     )
-    notes = []
-    protocol.mask_update(data, fed.plan, fed.sites["bravo"], fed.dirs["bravo"], warn=notes.append)
+    notes = mask_update(data, fed.plan, fed.sites["bravo"], fed.dirs["bravo"]).warnings
     n = sum(t.size for t in big.values())
     assert notes == [f"{n} of {n} values were clipped to the plan's range ±1"]
 
 
 def test_state_file_is_never_silently_reset(tmp_path):
-    from fedxray.secagg.state import open_state, state_path
+    from fedxray.steps.protocol_state import open_state, state_path
 
     fed = Fed(tmp_path)
     fed.mask("alpha")
@@ -444,7 +436,7 @@ def test_state_file_is_never_silently_reset(tmp_path):
     with pytest.raises(FedxrayError, match="unreadable"):
         fed.mask("alpha", fed.updates["alpha"])
     with pytest.raises(FedxrayError, match="does not exist"):
-        protocol.mask_update(fed.update("bravo"), fed.plan, fed.sites["bravo"], tmp_path / "nope")
+        mask_update(fed.update("bravo"), fed.plan, fed.sites["bravo"], tmp_path / "nope")
     with (
         open_state(fed.dirs["bravo"], "bravo", fed.plan.federation_id),
         pytest.raises(FedxrayError, match="another fedxray process"),
@@ -454,7 +446,7 @@ def test_state_file_is_never_silently_reset(tmp_path):
 
 def test_server_state_file(tmp_path):
     from fedxray.secagg.server import ServerConfig
-    from fedxray.secagg.server_state import load_server_state, save_server_state
+    from fedxray.steps.server_state import load_server_state, save_server_state
 
     fed = Fed(tmp_path, n_sites=3)
     cfg = ServerConfig("momentum", lr=1.0, momentum=0.9)
@@ -492,8 +484,8 @@ def test_abandon_round(tmp_path):
     other = build_model_artifact(
         fed.plan, round_number=1, weights=fed.weights, parent="ee" * 32, provenance={},
         signer=fed.coord,
-    )  # fmt: skip
-    nxt = protocol.abandon_round(fed.model, fed.plan, fed.coord, coord, reason="2 of 3")
+    ).data  # fmt: skip
+    nxt = abandon_round(fed.model, fed.plan, fed.coord, coord, reason="2 of 3").model
     model = load_model_artifact(nxt, fed.plan, round_number=2)
     prov = model.header.meta["provenance"]
     assert prov["abandoned"] and prov["reason"] == "2 of 3" and prov["sites"] == []
@@ -502,8 +494,8 @@ def test_abandon_round(tmp_path):
     with pytest.raises(ProtocolRefusal, match="abandoned"):
         fed.aggregate([*masked, fed.mask("charlie")])
     # Abandoning again re-issues the same weights; another round-1 model is not this round's.
-    protocol.abandon_round(fed.model, fed.plan, fed.coord, coord)
+    abandon_round(fed.model, fed.plan, fed.coord, coord)
     with pytest.raises(VerificationError, match="another global model"):
-        protocol.abandon_round(other, fed.plan, fed.coord, coord)
+        abandon_round(other, fed.plan, fed.coord, coord)
     with pytest.raises(VerificationError, match="not the coordinator"):
-        protocol.abandon_round(fed.model, fed.plan, fed.sites["alpha"], coord)
+        abandon_round(fed.model, fed.plan, fed.sites["alpha"], coord)

@@ -14,11 +14,13 @@ from torch import nn
 from fedxray.data.shard import Shard
 from fedxray.errors import BudgetExceededError, FedxrayError, ProtocolRefusal
 from fedxray.models import MODEL_NAMES, build_model, state_to_numpy
-from fedxray.training import TrainSettings, dp_engine, train_round
-from fedxray.training.augment import augment, preprocess, to_unit_range
+from fedxray.models.inputs import preprocess, to_unit_range
+from fedxray.training import dp_engine
+from fedxray.training.augment import augment
 from fedxray.training.ledger import Ledger
-from fedxray.training.loop import _dp_epoch
+from fedxray.training.loop import train_round
 from fedxray.training.sampling import UnitSampler, resolve_unit
+from fedxray.training.settings import TrainSettings
 
 SIZE = 16
 
@@ -192,19 +194,39 @@ def test_noise_std_is_sigma_c_over_expected_batch():
     before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
     s = settings(max_grad_norm=2.0)
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
-
-    class Empty:
-        num_units = 50
-
-        def sample(self, rng, q):
-            return np.array([], dtype=np.int64)
-
-    _dp_epoch(model, None, opt, None, Empty(), np.random.default_rng(0),
-              torch.Generator().manual_seed(0), q=0.2, steps=1, sigma=1.5, settings=s,
-              weights=None, step_done=lambda i: None)  # fmt: skip
+    private = dp_engine.PrivateOptimizer(
+        opt, dp_engine.DPEngine(model, s.max_grad_norm), noise_multiplier=1.5,
+        expected_batch_size=0.2 * 50, generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    private.zero_grad()
+    private.step()  # nothing was sampled: no clipped gradient, only noise
     after = torch.cat([p.detach().flatten() for p in model.parameters()])
     expected = 1.5 * 2.0 / (0.2 * 50)
     assert (before - after).std().item() == pytest.approx(expected, rel=0.02)
+
+
+def test_private_step_hands_the_clipped_sum_to_all_reduce_before_the_noise():
+    # The hook where processes sharing a batch will add up their clipped sums (issue 15).
+    model = build_model("smallcnn", SIZE, 2, seed=0)
+    x, y = torch.randn(3, 1, SIZE, SIZE), torch.tensor([0, 1, 0])
+    seen = []
+
+    def all_reduce(grads):
+        seen.append([g.clone() for g in grads])
+        for g in grads:
+            g.mul_(2.0)  # as if a second process had the same sum
+
+    before = [p.detach().clone() for p in model.parameters()]
+    private = dp_engine.PrivateOptimizer(
+        torch.optim.SGD(model.parameters(), lr=1.0), dp_engine.DPEngine(model, 1.0),
+        noise_multiplier=0.0, expected_batch_size=4.0, all_reduce=all_reduce,
+    )  # fmt: skip
+    private.zero_grad()
+    private.backward(lambda: F.cross_entropy(model(x), y, reduction="none"))
+    private.step()
+    assert len(seen) == 1 and len(seen[0]) == len(before)
+    for p, b, g in zip(model.parameters(), before, seen[0], strict=True):
+        torch.testing.assert_close(b - p.detach(), 2.0 * g / 4.0)  # reduced, then averaged
 
 
 # -- train_round ---------------------------------------------------------------------------------

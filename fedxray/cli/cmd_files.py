@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 import typer
 
-from fedxray.cli.common import JsonOpt, KeyOpt, PlanOpt, QuietOpt, Ui
+from fedxray.cli.common import KeyOpt, PlanOpt, Run, argument, command
+from fedxray.fsio import read_input
+from fedxray.keys import load_private_key
+from fedxray.steps import inspection
 
 EXAMPLES = {
     "inspect": [
@@ -26,37 +30,29 @@ EXAMPLES = {
 }
 
 
+@command()
 def inspect(
-    file: Annotated[
-        str, typer.Argument(metavar="FILE", help="Any fedxray file, or - for standard input.")
-    ],
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
+    run: Run,
+    file: argument("FILE", "Any fedxray file, or - for standard input.", str),
 ) -> None:
     """Show a file's header: kind, federation, round, sender, parent, checksums.
 
     The signature is NOT checked here; use `fedxray verify` for that.
     """
-    from fedxray.fsio import read_input
-    from fedxray.inspection import describe
+    info = inspection.describe(read_input(file), file)
 
-    ui = Ui(quiet, json_out)
-    info = describe(read_input(file), file)
-    if json_out:
-        ui.emit_json(info)
-        return
-    rows = {k: v for k, v in info.items() if k != "meta"}
-    ui.kv(file, rows)
-    if info.get("meta"):
-        import json
+    def render() -> None:
+        run.ui.kv(file, {k: v for k, v in info.items() if k != "meta"})
+        if info.get("meta"):
+            run.ui.info("meta: " + json.dumps(info["meta"], indent=1, default=str)[:4000])
 
-        ui.info("meta: " + json.dumps(info["meta"], indent=1, default=str)[:4000])
+    run.done(info, render)
 
 
+@command()
 def verify(
-    file: Annotated[
-        str, typer.Argument(metavar="FILE", help="The file to check, or - for standard input.")
-    ],
+    run: Run,
+    file: argument("FILE", "The file to check, or - for standard input.", str),
     plan: PlanOpt = None,
     kind: Annotated[
         str | None, typer.Option("--kind", help="Expected kind (default: from the file name).")
@@ -68,22 +64,15 @@ def verify(
         str | None,
         typer.Option("--fingerprint", help="Expected coordinator fingerprint (for a plan)."),
     ] = None,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
 ) -> None:
     """Check a file's signature and provenance against the plan; the exit code is the verdict.
 
     Exit 0: valid. Exit 3: verification failed (the reason is printed). For a plan, --key checks
     that this site's card is in it; compare the printed coordinator fingerprint by phone.
     """
-    from fedxray.fsio import read_input
-    from fedxray.inspection import verify_file
-    from fedxray.keys import load_private_key
-
-    ui = Ui(quiet, json_out)
     plan_data = read_input(plan, "plan") if plan is not None else None
     site_key = load_private_key(key) if key is not None else None
-    v = verify_file(
+    v = inspection.verify_file(
         read_input(file),
         file,
         plan_data=plan_data,
@@ -93,14 +82,13 @@ def verify(
         site_key=site_key,
         fingerprint=fingerprint,
     )
-    if json_out:
-        ui.emit_json(
-            {"ok": True, "kind": v.kind, "sender": v.sender, "round": v.round, **v.details}
-        )
-        return
-    ui.info(f"OK: {v.message}")
-    for k, val in v.details.items():
-        ui.info(f"  {k}: {', '.join(val) if isinstance(val, list) else val}")
+
+    def render() -> None:
+        run.ui.info(f"OK: {v.message}")
+        for k, val in v.details.items():
+            run.ui.info(f"  {k}: {', '.join(val) if isinstance(val, list) else val}")
+
+    run.done(v.to_dict(), render)
 
 
 def register(app: typer.Typer) -> None:

@@ -7,7 +7,9 @@ from typing import Annotated
 
 import typer
 
-from fedxray.cli.common import ForceOpt, JsonOpt, QuietOpt, Ui
+from fedxray.cli.common import PLAN_OPTIONS, Run, Ui, command
+from fedxray.settings import settings_from_options
+from fedxray.steps.identity import create_identity
 
 EXAMPLES = {
     "keygen": [
@@ -27,52 +29,34 @@ EXAMPLES = {
 }
 
 
+@command()
 def keygen(
+    run: Run,
     name: Annotated[str, typer.Argument(metavar="NAME", help="The site's name, e.g. hospital-a.")],
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Folder for NAME.key and NAME.pub.")
     ] = Path("."),
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
 ) -> None:
     """Create a site identity: NAME.key (private, mode 0600) and NAME.pub (public site card).
 
     Send NAME.pub to the coordinator and read the fingerprint to them by phone. NAME.key never
     leaves the site and is never overwritten.
     """
-    from fedxray import keys
-    from fedxray.errors import FedxrayError
-    from fedxray.fsio import check_writable, write_atomic
-    from fedxray.plan import card_bytes
+    ident = create_identity(name, output)
 
-    ui = Ui(quiet, json_out)
-    keys.check_name(name)
-    if not output.is_dir():
-        raise FedxrayError(f"output folder does not exist: {output}")
-    key_path, card_path = output / f"{name}.key", output / f"{name}.pub"
-    if key_path.exists():
-        raise FedxrayError(
-            f"refusing to overwrite {key_path}", hint="private keys are never replaced"
+    def render() -> None:
+        run.ui.info(
+            f"wrote {ident.key_path} (private: keep it here) and {ident.card_path} (send it to "
+            "the coordinator)"
         )
-    check_writable(card_path)
-    ident = keys.generate(name)
-    keys.save_private_key(ident, key_path)
-    write_atomic(card_path, card_bytes(ident))
-    result = {
-        "name": name,
-        "key": str(key_path),
-        "card": str(card_path),
-        "fingerprint": ident.public.fingerprint,
-    }
-    if json_out:
-        ui.emit_json(result)
-    ui.info(
-        f"wrote {key_path} (private: keep it here) and {card_path} (send it to the coordinator)"
-    )
-    ui.info(f"fingerprint: {ident.public.fingerprint}")
+        run.ui.info(f"fingerprint: {ident.fingerprint}")
+
+    run.done(ident.to_dict(), render)
 
 
+@command(force=True, plan_options=PLAN_OPTIONS)
 def init(
+    run: Run,
     cards: Annotated[
         list[Path], typer.Argument(metavar="SITE.pub", help="The sites' public cards (.pub).")
     ],
@@ -80,92 +64,30 @@ def init(
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Coordinator folder (created if missing).")
     ],
-    model: Annotated[
-        str, typer.Option("--model", help="Model: smallcnn, tinycnn or resnet18.")
-    ] = "smallcnn",
-    image_size: Annotated[int, typer.Option("--image-size", help="Input size in pixels.")] = 64,
-    classes: Annotated[
-        str, typer.Option("--classes", help="Comma-separated class names.")
-    ] = "normal,bacterial,viral",
-    rounds: Annotated[int, typer.Option("--rounds", help="Number of federated rounds.")] = 5,
-    local_epochs: Annotated[int, typer.Option("--local-epochs", help="Epochs per round.")] = 2,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Expected batch size.")] = 64,
-    lr: Annotated[float, typer.Option("--lr", help="Local learning rate.")] = 0.15,
-    epsilon: Annotated[float, typer.Option("--epsilon", help="Privacy budget per site.")] = 8.0,
-    delta: Annotated[float, typer.Option("--delta", help="Privacy delta.")] = 1e-5,
-    clip_norm: Annotated[
-        float, typer.Option("--clip-norm", help="DP-SGD per-example clipping norm.")
-    ] = 1.0,
-    allow_no_dp: Annotated[
-        bool, typer.Option("--allow-no-dp", help="Accept non-private (--no-dp) updates.")
-    ] = False,
-    min_sites: Annotated[int, typer.Option("--min-sites", help="Fewest sites per round.")] = 3,
-    strict: Annotated[
-        bool, typer.Option("--strict", help="Double masking: a second small trip each round.")
-    ] = False,
-    server_opt: Annotated[
-        str, typer.Option("--server-opt", help="fedavg, momentum or fedadam.")
-    ] = "fedavg",
-    server_lr: Annotated[float, typer.Option("--server-lr", help="Server learning rate.")] = 1.0,
+    plan_options: dict | None = None,  # the plan settings, by the decorator
     init_weights: Annotated[
         Path | None,
         typer.Option("--init", help="Start from pretrained weights (a .safetensors file)."),
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed for the initial model.")] = None,
-    force: ForceOpt = False,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
 ) -> None:
     """Create a federation: coordinator key and card, signed plan, and round 1's global model.
 
     Writes DIR/coordinator.key (kept if it already exists), DIR/coordinator.pub, DIR/NAME.plan
     and DIR/round-0001.model. Send NAME.plan and round-0001.model to every site.
     """
-    from fedxray.federation import initialise
-    from fedxray.plan import make_settings
+    from fedxray.steps.init import initialise
 
-    ui = Ui(quiet, json_out)
-    settings = make_settings(
-        {
-            "model": {"arch": model, "image_size": image_size, "in_channels": 1},
-            "classes": [c.strip() for c in classes.split(",") if c.strip()],
-            "training": {
-                "rounds": rounds,
-                "local_epochs": local_epochs,
-                "batch_size": batch_size,
-                "lr": lr,
-            },
-            "dp": {
-                "epsilon": epsilon,
-                "delta": delta,
-                "max_grad_norm": clip_norm,
-                "allow_no_dp": allow_no_dp,
-            },
-            "secagg": {"strict": strict},
-            "server": {"optimizer": server_opt, "lr": server_lr},
-            "min_sites": min_sites,
-        }
-    )
+    classes = [c.strip() for c in plan_options["classes"].split(",") if c.strip()]
+    settings = settings_from_options(**{**plan_options, "classes": classes})
     res = initialise(
-        name, output, cards, settings, init_weights=init_weights, seed=seed, force=force
+        name, output, cards, settings, init_weights=init_weights, seed=seed, force=run.force
     )
+    run.done(res.to_dict(), lambda: _render_init(run.ui, res, name))
+
+
+def _render_init(ui: Ui, res, name: str) -> None:
     s = res.plan_summary
-    if json_out:
-        ui.emit_json(
-            {
-                "plan": str(res.plan_path),
-                "model": str(res.model_path),
-                "coordinator_key": str(res.key_path),
-                "coordinator_card": str(res.card_path),
-                "key_created": res.key_created,
-                "federation": s["federation"],
-                "coordinator_fingerprint": s["coordinator"]["fingerprint"],
-                "sites": s["sites"],
-                "settings": s["settings"],
-                "pretrained": res.pretrained,
-                "warnings": res.warnings,
-            }
-        )
     for w in res.warnings:
         ui.info(f"warning: {w}")
     ui.table(

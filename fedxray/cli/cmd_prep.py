@@ -8,7 +8,11 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from fedxray.cli.common import ForceOpt, JsonOpt, KeyOpt, PlanOpt, QuietOpt, Ui
+from fedxray.cli.common import KeyOpt, PlanOpt, Run, Ui, command, output_option
+from fedxray.errors import FedxrayError
+from fedxray.keys import load_private_key
+from fedxray.plan import load_plan
+from fedxray.settings import DEFAULT_CLASSES, option_default
 
 EXAMPLES = {
     "prep": [
@@ -35,7 +39,9 @@ _LABEL_MODES = ("auto", "folders", "kermany")
 _SOURCE_NAMES = {"auto": "folder names", "folders": "folder names", "kermany": "Kermany file names"}
 
 
+@command(force=True)
 def prep(
+    run: Run,
     inputs: Annotated[
         list[Path],
         typer.Argument(
@@ -44,23 +50,18 @@ def prep(
             "or JPEG files.",
         ),
     ],
-    output: Annotated[
-        Path | None,
-        typer.Option(
-            "--output",
-            "-o",
-            metavar="SITE.shard",
-            help="The shard to write. Default with --key: NAME.shard in the current folder, "
-            "NAME being the key's site name; required without --key.",
-            show_default=False,
-        ),
-    ] = None,
+    output: output_option(
+        "The shard to write. Default with --key: NAME.shard in the current folder, NAME being "
+        "the key's site name; required without --key.",
+        "SITE.shard",
+    ) = None,
     plan: PlanOpt = None,
     key: KeyOpt = None,
     size: Annotated[
         int | None,
         typer.Option(
             "--size",
+            "--image-size",
             metavar="N",
             help="Image size in pixels, without a plan (the plan's size otherwise).",
             show_default=False,
@@ -71,7 +72,8 @@ def prep(
         typer.Option(
             "--classes",
             metavar="A,B,...",
-            help="Comma-separated class names, without a plan. Default: normal,bacterial,viral.",
+            help="Comma-separated class names, without a plan. Default: "
+            f"{option_default('classes')}.",
             show_default=False,
         ),
     ] = None,
@@ -103,9 +105,6 @@ def prep(
             "published test set, which must keep its size. Not for training shards.",
         ),
     ] = False,
-    force: ForceOpt = False,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
 ) -> None:
     """Prepare a site's radiographs: decode, label, de-identify, write one shard file.
 
@@ -129,21 +128,13 @@ def prep(
     usable image is an error, and then nothing is written. The shard is written only when
     everything succeeded (mode 0600; it never leaves the site).
     """
-    from fedxray.data.labels import DEFAULT_CLASSES
-    from fedxray.data.prep import prepare
-    from fedxray.data.pseudonym import site_secret
-    from fedxray.data.shard_io import write_shard
-    from fedxray.errors import FedxrayError
-    from fedxray.fsio import check_writable
-    from fedxray.keys import load_private_key
+    from fedxray.steps.prep import prep_files
 
-    ui = Ui(quiet, json_out)
     wanted = None if classes is None else [c.strip() for c in classes.split(",") if c.strip()]
-    if plan is not None:
-        from fedxray.plan import load_plan
-
-        the_plan = load_plan(plan)
-        image_size, class_names = int(the_plan.model["image_size"]), the_plan.classes
+    the_plan = load_plan(plan) if plan is not None else None
+    if the_plan is not None:
+        image_size = the_plan.settings.model.image_size
+        class_names = list(the_plan.settings.classes)
         _agree_with_plan(image_size, class_names, size, wanted, the_plan.name)
     elif size is None:
         raise FedxrayError(
@@ -151,51 +142,36 @@ def prep(
             hint="before a federation exists, use --size N (and --classes A,B,...)",
         )
     else:
-        the_plan = None
         image_size, class_names = size, wanted or list(DEFAULT_CLASSES)
-    label_mode = _label_mode(labels)
-
     identity = load_private_key(key) if key is not None else None
-    if identity is not None and the_plan is not None:
-        the_plan.require_site(identity)
     if output is None:
         if identity is None:
             raise FedxrayError(
                 "no output file given", hint="pass -o SITE.shard (or --key SITE.key)"
             )
         output = Path(f"{identity.name}.shard")
-    if str(output) == "-":
-        raise FedxrayError("a shard cannot go to standard output", hint="pass -o SITE.shard")
-    check_writable(output, force=force)  # before the work, not after it
-    secret = site_secret(identity) if identity is not None else None
-
-    bar = ui.progress()
-    # Off the terminal (pipes, logs, CI) a bar is noise.
-    bar.disable = bar.disable or not ui.console.is_terminal
-    with bar:
+    with run.ui.progress() as bar:
         task = bar.add_task("preparing", total=None)
-        shard, report = prepare(
+        res = prep_files(
             inputs,
+            output,
             image_size=image_size,
             classes=class_names,
-            secret=secret,
-            label_mode=label_mode,
+            identity=identity,
+            plan=the_plan,
+            label_mode=_label_mode(labels),
             workers=workers,
             keep_duplicates=keep_duplicates,
+            force=run.force,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
-    write_shard(output, shard, force=force)
-    if json_out:
-        ui.emit_json({"output": str(output), **report.to_dict()})
-    _render(ui, report, output)
+    run.done(res.to_dict(), lambda: _render(run.ui, res.report, res.output))
 
 
 def _agree_with_plan(
     image_size: int, classes: list[str], size: int | None, wanted: list[str] | None, name: str
 ) -> None:
     """--size / --classes beside a plan may only repeat what the plan says."""
-    from fedxray.errors import FedxrayError
-
     if size is not None and size != image_size:
         raise FedxrayError(
             f"--size {size} differs from the image size of plan {name} ({image_size})",
@@ -210,8 +186,6 @@ def _agree_with_plan(
 
 
 def _label_mode(labels: str) -> str | Path:
-    from fedxray.errors import FedxrayError
-
     if labels in _LABEL_MODES:
         return labels
     path = Path(labels)

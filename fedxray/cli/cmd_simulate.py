@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from fedxray.cli.common import JsonOpt, QuietOpt, Ui
+from fedxray.cli.common import PLAN_OPTIONS, Run, command
+from fedxray.cli.render import render_report
+from fedxray.errors import FedxrayError
+from fedxray.simulation.runner import Simulation, SimulationConfig
+
+# The simulation's defaults: the plan's, except where tuned for the bundled sample data.
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(SimulationConfig)}
+SIMULATE_OPTIONS = (
+    "rounds", "local_epochs", "strict", "model", "image_size", "batch_size", "lr", "epsilon",
+    "min_sites", "server_opt",
+)  # fmt: skip
 
 EXAMPLES = {
     "simulate": [
@@ -28,8 +39,6 @@ EXAMPLES = {
 
 
 def _parse_drops(values: list[str]) -> dict[int, set[str]]:
-    from fedxray.errors import FedxrayError
-
     drops: dict[int, set[str]] = {}
     for v in values:
         site, sep, rnd = v.rpartition("@")
@@ -45,7 +54,12 @@ def _metric(m: dict, name: str) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+@command(
+    plan_options={name: PLAN_OPTIONS[name] for name in SIMULATE_OPTIONS},
+    plan_defaults=DEFAULTS,
+)
 def simulate(
+    run: Run,
     output: Annotated[Path, typer.Option("--output", "-o", help="Run folder (must be new).")],
     data: Annotated[
         Path | None,
@@ -54,10 +68,8 @@ def simulate(
     sites: Annotated[
         int | None, typer.Option("--sites", help="Number of sites (for --data).")
     ] = None,
-    rounds: Annotated[int, typer.Option("--rounds", help="Federated rounds.")] = 5,
-    local_epochs: Annotated[int, typer.Option("--local-epochs", help="Epochs per round.")] = 5,
+    plan_options: dict | None = None,  # the plan settings, by the decorator
     dp: Annotated[bool, typer.Option("--dp/--no-dp", help="Differential privacy.")] = True,
-    strict: Annotated[bool, typer.Option("--strict", help="Double masking.")] = False,
     drop: Annotated[
         list[str] | None,
         typer.Option("--drop", metavar="SITE@ROUND", help="Drop SITE from ROUND (repeatable)."),
@@ -66,19 +78,6 @@ def simulate(
         float | None,
         typer.Option("--skew", metavar="ALPHA", help="Dirichlet class skew across sites."),
     ] = None,
-    model: Annotated[
-        str, typer.Option("--model", help="Model: smallcnn, tinycnn or resnet18.")
-    ] = "tinycnn",
-    image_size: Annotated[int, typer.Option("--image-size", help="Input size.")] = 32,
-    batch_size: Annotated[
-        int, typer.Option("--batch-size", help="Expected batch size (DP: Poisson).")
-    ] = 64,
-    lr: Annotated[float, typer.Option("--lr", help="Local learning rate.")] = 0.15,
-    epsilon: Annotated[float, typer.Option("--epsilon", help="Privacy budget per site.")] = 8.0,
-    min_sites: Annotated[int, typer.Option("--min-sites", help="Fewest sites per round.")] = 3,
-    server_opt: Annotated[
-        str, typer.Option("--server-opt", help="fedavg, momentum or fedadam.")
-    ] = "fedavg",
     bootstrap: Annotated[
         int, typer.Option("--bootstrap", help="Bootstrap resamples of the final report.")
     ] = 1000,
@@ -87,8 +86,6 @@ def simulate(
         int | None, typer.Option("--workers", help="Decoding processes (default: all cores).")
     ] = None,
     device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
 ) -> None:
     """Run a whole federation on this machine: every site, the coordinator and the courier.
 
@@ -98,37 +95,25 @@ def simulate(
     training, mask, aggregate and unmask, and the global model's metrics on held-out data;
     ends with the evaluation report (also in RUNDIR/report.json).
     """
-    from fedxray.simulation.runner import Simulation, SimulationConfig
-
-    ui = Ui(quiet, json_out)
     cfg = SimulationConfig(
         out=output,
         data=data,
         sites=sites,
-        rounds=rounds,
-        local_epochs=local_epochs,
         dp=dp,
-        strict=strict,
         drops=_parse_drops(drop or []),
         skew=skew,
         seed=seed,
-        arch=model,
-        image_size=image_size,
-        batch_size=batch_size,
-        lr=lr,
-        epsilon=epsilon,
-        min_sites=min_sites,
-        server_opt=server_opt,
         bootstrap=bootstrap,
         workers=workers,
         device=device,
+        **plan_options,
     )
 
     def on_event(kind: str, info: dict) -> None:
         if kind == "site":
-            ui.info(f"{info['site']}: {info['images']} images, {info['patients']} patients")
+            run.ui.info(f"{info['site']}: {info['images']} images, {info['patients']} patients")
         elif kind == "init":
-            ui.info(f"federation ready: {', '.join(info['sites'])}")
+            run.ui.info(f"federation ready: {', '.join(info['sites'])}")
         elif kind == "round":
             rows = []
             for name, s in info["sites"].items():
@@ -136,12 +121,12 @@ def simulate(
                 state = "dropped" if s.get("dropped") else f"{s['seconds']:.1f}s"
                 rows.append((name, f"{s['loss']:.4f}", eps, state))
             sec = info["seconds"]
-            ui.table(
+            run.ui.table(
                 f"round {info['round']}",
                 rows,
                 ("site", "loss", "epsilon", "train"),
             )
-            ui.info(
+            run.ui.info(
                 f"  mask {sec['mask']:.2f}s  aggregate {sec['aggregate']:.2f}s  "
                 f"reveal {sec['reveal']:.2f}s  unmask {sec['unmask']:.2f}s  "
                 f"courier {info['courier_bytes'] / 1e6:.1f} MB  |  held-out: "
@@ -151,13 +136,12 @@ def simulate(
             )
 
     result = Simulation(cfg, on_event).run()
-    if json_out:
-        ui.emit_json(result)
-        return
-    from fedxray.cli.cmd_evaluate import render_report
 
-    render_report(ui, result["final_evaluation"], "final model on the held-out data")
-    ui.info(f"every file of the run is in {output}; report: {output / 'report.json'}")
+    def render() -> None:
+        render_report(run.ui, result["final_evaluation"], "final model on the held-out data")
+        run.ui.info(f"every file of the run is in {output}; report: {output / 'report.json'}")
+
+    run.done(result, render)
 
 
 def register(app: typer.Typer) -> None:

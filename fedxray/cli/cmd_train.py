@@ -7,7 +7,9 @@ from typing import Annotated
 
 import typer
 
-from fedxray.cli.common import ForceOpt, JsonOpt, KeyOpt, PlanOpt, QuietOpt, Ui, require
+from fedxray.cli.common import Party, PlanOpt, Run, Ui, argument, command, output_option
+from fedxray.plan import load_plan
+from fedxray.steps.privacy import PrivacyReport, privacy_report
 
 EXAMPLES = {
     "train-local": [
@@ -23,17 +25,12 @@ EXAMPLES = {
 }
 
 
+@command(acts_as="site", outputs=("output",))
 def train_local(
-    model: Annotated[Path, typer.Argument(metavar="MODEL", help="The round's global model.")],
+    run: Run,
+    model: argument("MODEL", "The round's global model."),
     data: Annotated[Path, typer.Option("--data", help="This site's shard (from prep).")],
-    output: Annotated[
-        Path | None,
-        typer.Option(
-            "--output", "-o", help="Update file. Default: SITE-round-NNNN.update beside MODEL."
-        ),
-    ] = None,
-    plan: PlanOpt = None,
-    key: KeyOpt = None,
+    output: output_option("Update file. Default: SITE-round-NNNN.update beside MODEL.") = None,
     ledger: Annotated[
         Path | None,
         typer.Option("--ledger", help="Privacy ledger. Default: KEY-PLANNAME.ledger beside KEY."),
@@ -51,9 +48,6 @@ def train_local(
         int | None,
         typer.Option("--seed", help="Deterministic run (keep it secret under DP)."),
     ] = None,
-    force: ForceOpt = False,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
 ) -> None:
     """Train this site's round on its shard, with differential privacy, and sign the update.
 
@@ -64,141 +58,88 @@ def train_local(
     The update stays at the site: `fedxray mask` turns it into the file that travels. After a
     crash, running the same command again resumes from the last finished epoch.
     """
-    from fedxray.artifact import parse_unverified
-    from fedxray.fsio import check_writable, read_input, write_atomic
-    from fedxray.keys import load_private_key
-    from fedxray.plan import load_plan
-    from fedxray.site_training import default_ledger_path, train_local
+    from fedxray.steps.train_local import train_file
 
-    ui = Ui(quiet, json_out)
-    the_plan = load_plan(plan)
-    key_path = require(key, "key", "pass --key SITE.key or set FEDXRAY_KEY")
-    ident = load_private_key(key_path)
-    the_plan.require_site(ident)
-    model_bytes = read_input(model, "global model")
-    r = parse_unverified(model_bytes, str(model))[0].header.round
-    out = output or model.with_name(f"{ident.name}-round-{r:04d}.update")
-    check_writable(out, force=force)
-    ledger_path = ledger or default_ledger_path(key_path, the_plan)
-    ckpt = Path(ledger_path).with_name(f".{ident.name}-checkpoints")
-    with ui.progress() as bar:
-        task = bar.add_task(f"round {r}", total=None)
-        local = train_local(
-            model_bytes,
+    with run.ui.progress() as bar:
+        task = bar.add_task("training", total=None)
+        local = train_file(
+            model,
             data,
-            the_plan,
-            ident,
-            ledger_path=ledger_path,
-            checkpoint_dir=ckpt,
+            run.party,
+            output=output,
+            ledger=ledger,
+            force=run.force,
             dp=not no_dp,
             device=device,
             seed=seed,
             local_epsilon_cap=max_epsilon,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
-    write_atomic(out, local.update, force=force)
-    summary = {"update": str(out), "ledger": str(ledger_path), **local.summary()}
-    if json_out:
-        ui.emit_json(summary)
-        return
+    summary = {"update": str(local.path), "ledger": str(local.ledger), **local.summary()}
+    run.done(summary, lambda: _render_round(run.ui, summary, local, run.party))
+
+
+def _render_round(ui: Ui, summary: dict, local, me: Party) -> None:
     for w in local.result.warnings:
         ui.info(f"warning: {w}")
     eps = summary["epsilon"]
     ui.kv(
-        f"round {r} at {ident.name}",
+        f"round {local.round} at {me.identity.name}",
         {
             "examples / patients": f"{summary['examples']} / {summary['patients']}",
             "loss per epoch": ", ".join(f"{v:.4f}" for v in summary["losses"]),
             "privacy": "none (--no-dp)"
             if not summary["dp"]
-            else f"epsilon {eps:.3f} of {the_plan.dp['epsilon']:g} spent so far "
+            else f"epsilon {eps:.3f} of {me.plan.settings.dp.epsilon:g} spent so far "
             f"(delta {summary['delta']:g}, per {summary['unit']})",
             "seconds": summary["seconds"],
         },
     )
-    ui.info(f"wrote {out} (stays here; next: fedxray mask {out})")
+    ui.info(f"wrote {local.path} (stays here; next: fedxray mask {local.path})")
 
 
+@command()
 def privacy(
-    ledger: Annotated[Path, typer.Argument(metavar="LEDGER", help="A site's privacy ledger.")],
+    run: Run,
+    ledger: argument("LEDGER", "A site's privacy ledger."),
     plan: PlanOpt = None,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
 ) -> None:
     """Show the privacy a site has spent, round by round (epsilon at the plan's delta).
 
     With --plan (or $FEDXRAY_PLAN), only that federation; otherwise every federation the
     ledger records. The ledger never leaves the site.
     """
-    import math
+    report = privacy_report(ledger, load_plan(plan) if plan is not None else None)
+    run.done(report.to_dict(), lambda: _render_privacy(run.ui, report))
 
-    from fedxray.plan import load_plan
-    from fedxray.training.ledger import Ledger, federation_ids
 
-    ui = Ui(quiet, json_out)
-    feds = federation_ids(ledger)
-    names: dict[str, str] = {}
-    budgets: dict[str, float] = {}
-    if plan is not None:
-        p = load_plan(plan)
-        feds = [p.federation_id] if p.federation_id in feds else []
-        names[p.federation_id], budgets[p.federation_id] = p.name, float(p.dp["epsilon"])
-        if not feds:
-            ui.info(f"the ledger has no spending for federation {p.name}")
-    doc = []
-    for fid in feds:
-        led = Ledger.load(ledger, fid)
+def _render_privacy(ui: Ui, report: PrivacyReport) -> None:
+    if report.plan is not None and not report.federations:
+        ui.info(f"the ledger has no spending for federation {report.plan}")
+    for fed in report.federations:
+        title = f"federation {fed.name or fed.federation[:12]}"
+        if fed.delta is not None:
+            title += f" (delta {fed.delta:g}, per {fed.unit})"
+        rows = fed.to_dict()["rounds"]
+        ui.table(
+            title,
+            [
+                (
+                    r["round"],
+                    r["epochs"],
+                    r["steps"],
+                    _epsilon(r["epsilon_spent"]),
+                    _epsilon(r["epsilon_total"]),
+                    "yes" if r["finished"] else "no",
+                )
+                for r in rows
+            ],
+            ("round", "epochs", "steps", "epsilon spent", "epsilon total", "finished"),
+        )
 
-        def num(x):
-            return None if x is None or not math.isfinite(x) else round(x, 4)
 
-        rows = [
-            {
-                "round": r.round,
-                "epochs": r.epochs,
-                "steps": r.steps,
-                "dp": r.dp,
-                "epsilon_spent": num(r.epsilon_spent),
-                "epsilon_total": num(r.epsilon_total),
-                "finished": r.finished,
-            }
-            for r in led.rounds()
-        ]
-        entry = {
-            "federation": fid,
-            "name": names.get(fid),
-            "budget_epsilon": budgets.get(fid),
-            "delta": led.delta,
-            "unit": led.unit,
-            "noise_multiplier": led.noise_multiplier,
-            "rounds": rows,
-        }
-        doc.append(entry)
-        if not json_out:
-            title = f"federation {names.get(fid) or fid[:12]}"
-            if led.delta is not None:
-                title += f" (delta {led.delta:g}, per {led.unit})"
-
-            def show(x):
-                return "inf (no DP)" if x is None else f"{x:.3f}"
-
-            ui.table(
-                title,
-                [
-                    (
-                        r["round"],
-                        r["epochs"],
-                        r["steps"],
-                        show(r["epsilon_spent"]),
-                        show(r["epsilon_total"]),
-                        "yes" if r["finished"] else "no",
-                    )
-                    for r in rows
-                ],
-                ("round", "epochs", "steps", "epsilon spent", "epsilon total", "finished"),
-            )
-    if json_out:
-        ui.emit_json({"ledger": str(ledger), "federations": doc})
+def _epsilon(x: float | None) -> str:
+    return "inf (no DP)" if x is None else f"{x:.3f}"
 
 
 def register(app: typer.Typer) -> None:

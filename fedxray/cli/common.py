@@ -1,18 +1,36 @@
-"""Options and rendering shared by every command."""
+"""The command skeleton: shared options, the party a command acts as, and where output goes.
+
+Every command parses its options, calls one library step and renders the step's result:
+
+* ``-o/--output``: ``-`` means standard output; outputs are written atomically and never
+  over an existing file without ``--force``.
+* ``--json``: standard output carries exactly one JSON document and nothing else; the
+  human-readable report still goes to standard error (``-q`` silences it), as do warnings
+  and progress bars (these only on a terminal). ``predict --json`` writes one document per
+  line instead, so its rows can stream.
+"""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
 from fedxray.errors import FedxrayError
+from fedxray.fsio import is_stdio
+from fedxray.settings import option_default
+from fedxray.steps.shared import Party, load_party
 
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print one JSON document on stdout (nothing else there).")
@@ -39,6 +57,19 @@ KeyOpt = Annotated[
         show_default=False,
     ),
 ]
+
+
+def argument(metavar: str, help: str, kind: Any = Path) -> Any:
+    """A command's positional argument."""
+    return Annotated[kind, typer.Argument(metavar=metavar, help=help)]
+
+
+def output_option(help: str, metavar: str | None = None) -> Any:
+    """The ``-o/--output`` option of a command whose output has a default name."""
+    return Annotated[
+        Path | None,
+        typer.Option("--output", "-o", metavar=metavar, help=help, show_default=False),
+    ]
 
 
 class Ui:
@@ -72,10 +103,15 @@ class Ui:
         sys.stdout.write(json.dumps(doc, indent=2, sort_keys=False, default=str) + "\n")
         sys.stdout.flush()
 
-    def progress(self):
-        """A rich progress bar on stderr (a no-op when quiet or not on a terminal)."""
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+    def done(self, doc: dict, render: Callable[[], None]) -> None:
+        """The end of every command: the JSON document (with --json), then the report."""
+        if self.json_mode:
+            self.emit_json(doc)
+        render()
 
+    def progress(self, enough_work: bool = True):
+        """A rich progress bar on stderr; off when quiet, off the terminal (pipes, logs, CI:
+        only a blank line would remain) or for too little work to watch."""
         return Progress(
             "[progress.description]{task.description}",
             BarColumn(),
@@ -83,8 +119,39 @@ class Ui:
             TimeElapsedColumn(),
             console=self.console,
             transient=True,
-            disable=self.console.quiet or not self.console.is_terminal,
+            disable=self.console.quiet or not self.console.is_terminal or not enough_work,
         )
+
+
+def start(quiet: bool, json_out: bool, *outputs: Path | str | None) -> Ui:
+    """The preamble of a command: its Ui, and --json not fighting a file for stdout."""
+    if json_out and any(is_stdio(o) for o in outputs):
+        raise FedxrayError(
+            "--json and -o - both want standard output", hint="write the file with -o FILE"
+        )
+    return Ui(quiet, json_out)
+
+
+# The plan settings that commands take as options (fedxray.settings.OPTIONS), with their help.
+PLAN_OPTIONS = {
+    "model": "Model: smallcnn, tinycnn or resnet18 (or a plug-in's).",
+    "image_size": "Input size in pixels.",
+    "classes": "Comma-separated class names.",
+    "rounds": "Number of federated rounds.",
+    "local_epochs": "Epochs per round.",
+    "batch_size": "Expected batch size.",
+    "lr": "Local learning rate.",
+    "epsilon": "Privacy budget per site.",
+    "delta": "Privacy delta.",
+    "clip_norm": "DP-SGD per-example clipping norm.",
+    "allow_no_dp": "Accept non-private (--no-dp) updates.",
+    "min_sites": "Fewest sites per round.",
+    "strict": "Double masking: a second small trip each round.",
+    "server_opt": "fedavg, momentum or fedadam.",
+    "server_lr": "Server learning rate.",
+}
+
+PLAN_HINT = "pass --plan FILE or set FEDXRAY_PLAN"
 
 
 def require(value, what: str, hint: str):
@@ -93,8 +160,108 @@ def require(value, what: str, hint: str):
     return value
 
 
-def check_stdout_use(output: Path | str | None, json_out: bool) -> None:
-    if str(output) == "-" and json_out:
-        raise FedxrayError(
-            "--json and -o - both want standard output", hint="write the file with -o FILE"
-        )
+def party(plan: Path | None, key: Path | None, *, coordinator: bool) -> Party:
+    """The party a command acts as, from --plan and --key."""
+    who = "coordinator.key" if coordinator else "SITE.key"
+    return load_party(
+        require(plan, "plan", PLAN_HINT),
+        require(key, "key", f"pass --key {who} or set FEDXRAY_KEY"),
+        coordinator=coordinator,
+    )
+
+
+def flag(error: FedxrayError) -> str | None:
+    """The command-line option an error names (``force`` -> ``--force``), with its value."""
+    if error.option is None:
+        return None
+    text = "--" + error.option.replace("_", "-")
+    return text if error.value is None else f"{text} {error.value}"
+
+
+def hint(error: FedxrayError) -> str | None:
+    """An error's hint, naming the flag that changes the outcome."""
+    option = flag(error)
+    if option is None:
+        return error.hint
+    return f"{error.hint} ({option})" if error.hint else f"see {option}"
+
+
+@dataclass(frozen=True)
+class Run:
+    """What a command's body receives: its Ui, the party it acts as (if any), and --force."""
+
+    ui: Ui
+    party: Party | None = None
+    force: bool = False
+
+    def done(self, doc: dict, render: Callable[[], None]) -> None:
+        self.ui.done(doc, render)
+
+
+def _option(name: str, annotation: Any, default: Any) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                             annotation=annotation)  # fmt: skip
+
+
+def _plan_option(name: str, help: str, default: Any) -> inspect.Parameter:
+    """The option of a plan setting: flag from its name, type from its default."""
+    flag = "--" + name.replace("_", "-")
+    return _option(name, Annotated[type(default), typer.Option(flag, help=help)], default)
+
+
+def command(
+    *,
+    acts_as: str | None = None,
+    force: bool = False,
+    outputs: tuple[str, ...] = (),
+    json_help: str | None = None,
+    plan_options: dict[str, str] | None = None,
+    plan_defaults: dict[str, Any] | None = None,
+):
+    """Decorator: the options commands share and their preamble, so that a command's body is
+    only its own logic.
+
+    After the command's own options it adds --plan and --key when the command ``acts_as`` a
+    "site" or the "coordinator" (the party, checked against the plan, is handed over), --force
+    (with ``force`` or a party), --json and -q. ``plan_options`` (option -> help) become the
+    options of plan settings, flag, type and default from fedxray.settings (or
+    ``plan_defaults``), in place of the command's parameter ``plan_options``, which receives
+    their values as one dict. The command's first parameter receives a Run; ``outputs`` name
+    its parameters that may be ``-`` (standard output), which --json must not share.
+    """
+
+    def wrap(fn: Callable[..., None]) -> Callable[..., None]:
+        sig = inspect.signature(fn, eval_str=True)
+        params = []
+        for p in list(sig.parameters.values())[1:]:  # the first receives the Run
+            if p.name != "plan_options":
+                params.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+                continue
+            for name, help in (plan_options or {}).items():
+                default = (plan_defaults or {}).get(name, option_default(name))
+                params.append(_plan_option(name, help, default))
+        if acts_as is not None:
+            params += [_option("plan", PlanOpt, None), _option("key", KeyOpt, None)]
+        if force or acts_as is not None:
+            params.append(_option("force", ForceOpt, False))
+        json_opt = JsonOpt
+        if json_help is not None:
+            json_opt = Annotated[bool, typer.Option("--json", help=json_help)]
+        params += [_option("json_out", json_opt, False), _option("quiet", QuietOpt, False)]
+
+        @functools.wraps(fn)
+        def run(**kwargs) -> None:
+            ui = start(kwargs.pop("quiet"), kwargs.pop("json_out"), *map(kwargs.get, outputs))
+            me = None
+            if acts_as is not None:
+                me = party(kwargs.pop("plan"), kwargs.pop("key"), coordinator=acts_as != "site")
+            forced = kwargs.pop("force", False)
+            if plan_options is not None:
+                kwargs["plan_options"] = {name: kwargs.pop(name) for name in plan_options}
+            fn(Run(ui, me, forced), **kwargs)
+
+        run.__signature__ = sig.replace(parameters=params)
+        run.__annotations__ = {p.name: p.annotation for p in params}
+        return run
+
+    return wrap

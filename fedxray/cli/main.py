@@ -7,10 +7,13 @@ import sys
 import traceback
 
 import typer
-from typer import _click as click
 
 from fedxray import __version__
-from fedxray.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, FedxrayError
+from fedxray.cli import commands
+from fedxray.cli.common import hint
+from fedxray.errors import EXIT_ERROR, EXIT_INTERRUPTED, FedxrayError
+
+INTERRUPTED = "fedxray: interrupted; no partial output was left"
 
 HELP = """Train a chest X-ray classifier across hospitals, offline, over signed files.
 
@@ -48,13 +51,7 @@ def _root(
         os.environ["FEDXRAY_DEBUG"] = "1"
 
 
-def _register() -> None:
-    from fedxray.cli import commands
-
-    commands.register(app)
-
-
-_register()
+commands.register(app)
 
 
 def _argv_without_debug(argv: list[str]) -> tuple[list[str], bool]:
@@ -73,36 +70,31 @@ def main(argv: list[str] | None = None) -> None:
     debug = debug or os.environ.get("FEDXRAY_DEBUG") == "1"
     command = typer.main.get_command(app)
     try:
-        code = command.main(args=args, prog_name="fedxray", standalone_mode=False)
+        # Standalone: typer reports usage errors itself (exit 2), turns Ctrl-C into exit 130
+        # and always ends with SystemExit.
+        command.main(args=args, prog_name="fedxray", standalone_mode=True)
+    except SystemExit as e:
+        if e.code == EXIT_INTERRUPTED:
+            print(INTERRUPTED, file=sys.stderr)
+        raise
     except FedxrayError as e:
         if debug:
             traceback.print_exc()
         print(f"fedxray: error: {e.message}", file=sys.stderr)
-        if e.hint:
-            print(f"hint: {e.hint}", file=sys.stderr)
+        if hint(e):
+            print(f"hint: {hint(e)}", file=sys.stderr)
         sys.exit(e.exit_code)
-    except click.exceptions.UsageError as e:
-        e.show(file=sys.stderr)
-        sys.exit(EXIT_USAGE)
-    except typer.Exit as e:
-        code = e.exit_code
-    except (typer.Abort, KeyboardInterrupt):
-        print("fedxray: interrupted; no partial output was left", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
     except BrokenPipeError:
         # The reader went away (e.g. `| head`): quiet, like other Unix tools.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         sys.exit(EXIT_ERROR)
-    except click.exceptions.ClickException as e:
-        e.show(file=sys.stderr)
-        sys.exit(e.exit_code)
     except Exception as e:
         if debug:
             traceback.print_exc()
         print(f"fedxray: error: internal error: {type(e).__name__}: {e}", file=sys.stderr)
         print("hint: rerun with --debug for the traceback and report it", file=sys.stderr)
         sys.exit(EXIT_ERROR)
-    if code == EXIT_INTERRUPTED:  # typer turns Ctrl-C into a returned exit code 130
-        print("fedxray: interrupted; no partial output was left", file=sys.stderr)
-    sys.exit(code if isinstance(code, int) else 0)

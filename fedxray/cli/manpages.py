@@ -1,7 +1,8 @@
 """Man pages generated from the CLI definitions plus hand-written sections.
 
 typer >= 0.26 vendors its own click, so click-man cannot see its options; we walk typer's
-command tree ourselves and write roff. Regenerate with ``python -m fedxray.cli.manpages man``.
+command tree (through its public API) ourselves and write roff. Regenerate with
+``python -m fedxray.cli.manpages man``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from pathlib import Path
 import typer
 
 from fedxray import __version__
+from fedxray.cli import main
+from fedxray.cli.commands import examples
 from fedxray.errors import EXIT_CODES
 
 DATE = "2026"
@@ -94,9 +97,7 @@ def _common_sections(command: str | None) -> list[str]:
 
 
 def _command_page(group_ctx, name: str, cmd) -> str:
-    from typer._click.core import Context
-
-    ctx = Context(cmd, info_name=name, parent=group_ctx)
+    ctx = typer.Context(cmd, info_name=name, parent=group_ctx)
     summary = cmd.get_short_help_str(limit=200).rstrip(".")
     lines = _header(f"fedxray-{name}", summary)
     usage = " ".join(cmd.collect_usage_pieces(ctx))
@@ -116,8 +117,6 @@ def _command_page(group_ctx, name: str, cmd) -> str:
             lines += [".TP", head, _esc(text)]
     lines += [".TP", "\\fB\\-\\-debug\\fR", "Show the full traceback on errors."]
     lines += [".TP", "\\fB\\-h\\fR, \\fB\\-\\-help\\fR", "Show help and exit."]
-    from fedxray.cli.commands import examples
-
     if name in examples():
         lines.append(".SH EXAMPLES")
         for title, example in examples()[name]:
@@ -162,12 +161,8 @@ def _main_page(group) -> str:
 
 def generate(app: typer.Typer | None = None) -> dict[str, str]:
     """All pages: file name -> roff text."""
-    from typer._click.core import Context
-
-    if app is None:
-        from fedxray.cli.main import app
-    group = typer.main.get_command(app)
-    ctx = Context(group, info_name="fedxray")
+    group = typer.main.get_command(app or main.app)
+    ctx = typer.Context(group, info_name="fedxray")
     pages = {"fedxray.1": _main_page(group)}
     for name in group.list_commands(ctx):
         pages[f"fedxray-{name}.1"] = _command_page(ctx, name, group.get_command(ctx, name))

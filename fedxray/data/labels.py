@@ -20,7 +20,6 @@ from pathlib import Path
 from fedxray.errors import FedxrayError
 from fedxray.fsio import read_input
 
-DEFAULT_CLASSES = ("normal", "bacterial", "viral")
 LABELS_CSV = "labels.csv"
 CLASS_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 
@@ -155,27 +154,18 @@ class FolderLabeler:
     def __call__(self, path: Path, rel: str | None = None) -> LabelDecision:
         k = kermany_name(path.name) if self.kermany_names else None
         token = k.patient if k else None
-        from_name = resolve_label(k.label, self.classes) if k and k.label else None
+        # The nearest folder that is a label word decides; the file name when it names none.
+        label = resolve_label(k.label, self.classes) if k and k.label else None
+        classes = _class_list(self.classes)
+        why = f"no folder on its path names one of the classes {classes}"
         for folder in self._folders(path):
-            if not is_label_word(folder.name, self.classes):
-                continue
-            label = resolve_label(folder.name, self.classes)
-            if label is not None:
-                return LabelDecision(label, name_token=token)
-            if from_name is not None:
-                return LabelDecision(from_name, name_token=token)
-            return LabelDecision(
-                None,
-                name_token=token,
-                why=f"folder '{folder.name}' names none of the classes {_class_list(self.classes)}",
-            )
-        if from_name is not None:
-            return LabelDecision(from_name, name_token=token)
-        return LabelDecision(
-            None,
-            name_token=token,
-            why=f"no folder on its path names one of the classes {_class_list(self.classes)}",
-        )
+            if is_label_word(folder.name, self.classes):
+                label = resolve_label(folder.name, self.classes) or label
+                why = f"folder '{folder.name}' names none of the classes {classes}"
+                break
+        if label is not None:
+            return LabelDecision(label, name_token=token)
+        return LabelDecision(None, name_token=token, why=why)
 
 
 class KermanyLabeler:

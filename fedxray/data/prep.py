@@ -8,22 +8,18 @@ here: the caller writes the shard only after prepare() returned.
 
 from __future__ import annotations
 
-import hashlib
-import multiprocessing
 import os
-import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
+from fedxray.data.decode import Progress, decode_all, effective_workers, pixel_digest
 from fedxray.data.labels import (
-    DEFAULT_CLASSES,
     LABELS_CSV,
     Labeler,
     check_classes,
@@ -33,13 +29,11 @@ from fedxray.data.pseudonym import image_id, patient_pseudonym, random_secret
 from fedxray.data.scan import broken_link, check_inputs, scan_files
 from fedxray.data.shard import Shard
 from fedxray.errors import FedxrayError
-from fedxray.imaging import SKIP_REASONS, SkipImage, check_image_size, load_radiograph
+from fedxray.imaging import SKIP_REASONS, check_image_size
 from fedxray.imaging.sniff import read_head, sniff
+from fedxray.settings import DEFAULT_CLASSES
 
 LABEL_MODES = ("auto", "folders", "kermany")
-# Starting a worker process costs about a second; below this many files each, it loses.
-MIN_FILES_PER_WORKER = 64
-Progress = Callable[[int, int], None]
 
 
 class SkippedFile(NamedTuple):
@@ -172,13 +166,13 @@ def prepare(
     first_of: dict[bytes, _Item] = {}
     sources: Counter[str] = Counter()
     report.workers = effective_workers(workers, len(items))
-    results = _decode_all([it.path for it in items], image_size, report.workers, progress)
+    results = decode_all([it.path for it in items], image_size, report.workers, progress)
     for it, res in zip(items, results, strict=True):
         if res[0] == "skip":
             report.skipped.append(SkippedFile(str(it.path), res[1], res[2]))
             continue
         _, pixels, dicom_token, kind, source_shape = res
-        digest = _pixel_digest(pixels, source_shape)
+        digest = pixel_digest(pixels, source_shape)
         if digest in first_of:
             if not keep_duplicates:
                 report.skipped.append(
@@ -357,79 +351,6 @@ def _raise_nothing_usable(report: PrepReport) -> None:
         f"no usable image in {where}: {report.files_seen} file(s), all skipped ({detail})",
         hint=hint,
     )
-
-
-# ---- decoding, possibly in worker processes -------------------------------------------
-
-
-def _pixel_digest(pixels: np.ndarray, source_shape: tuple[int, int]) -> bytes:
-    """Exact-duplicate key: the output pixels, and the source's size (like with like).
-
-    Output pixels rather than file bytes, so a copy with edited headers is still a
-    duplicate; with the source size, so two different images that happen to give the same
-    output (e.g. two blank ones of different sizes) are not.
-    """
-    h = hashlib.sha256(f"{source_shape[0]}x{source_shape[1]}\0".encode())
-    h.update(pixels.tobytes())
-    return h.digest()
-
-
-def _decode_one(path: Path, image_size: int) -> tuple:
-    try:
-        r = load_radiograph(path, image_size)
-    except SkipImage as e:
-        return ("skip", e.reason, e.message)
-    except MemoryError:
-        return ("skip", "unreadable", "not enough memory to decode this image")
-    except Exception as e:  # a file no decoder anticipated must not stop the whole run
-        return ("skip", "unreadable", f"cannot decode: {type(e).__name__}: {e}"[:300])
-    if not r.plausibility.ok:
-        return ("skip", "implausible", r.plausibility.message)
-    return ("ok", r.pixels, r.patient_token, r.kind, r.source_shape)
-
-
-def _decode_star(args: tuple[Path, int]) -> tuple:
-    return _decode_one(*args)
-
-
-def _ignore_sigint() -> None:
-    # Ctrl-C is handled once, by the parent, which cancels the pool.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def effective_workers(requested: int, files: int) -> int:
-    """Worker processes worth starting for this many files (1: decode in this process)."""
-    return max(1, min(requested, files // MIN_FILES_PER_WORKER))
-
-
-def _decode_all(
-    paths: list[Path], image_size: int, workers: int, progress: Progress | None
-) -> Iterator[tuple]:
-    """Decode results in the order of ``paths``, as they come (a generator)."""
-    total = len(paths)
-    if progress:
-        progress(0, total)
-    if workers <= 1:
-        for i, p in enumerate(paths, start=1):
-            yield _decode_one(p, image_size)
-            if progress:
-                progress(i, total)
-        return
-    # spawn: the parent may hold torch/OpenMP threads that fork would copy half-initialised.
-    ctx = multiprocessing.get_context("spawn")
-    chunk = max(1, min(16, total // (workers * 8)))
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_ignore_sigint)
-    try:
-        tasks = ((p, image_size) for p in paths)
-        for i, res in enumerate(pool.map(_decode_star, tasks, chunksize=chunk), start=1):
-            yield res
-            if progress:
-                progress(i, total)
-    except BaseException:
-        # Ctrl-C or an error in the caller: drop queued work, do not wait for it.
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
 
 
 # ---- assembling the shard --------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Finding the files under prep's inputs: sorted, hidden ones skipped, links checked.
 
-`predict` scans exactly the same way (fedxray.evaluation.run.scan_inputs).
+`predict` scans exactly the same way (fedxray.steps.predict.scan_inputs).
 """
 
 from __future__ import annotations

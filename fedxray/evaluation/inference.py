@@ -9,27 +9,7 @@ import torch
 from torch import nn
 
 from fedxray.errors import FedxrayError
-
-_PIXEL_TYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
-
-
-def images_to_tensor(images: np.ndarray, channels: int = 1) -> torch.Tensor:
-    """uint8 / uint16 images [N, H, W] -> float32 model input [N, channels, H, W].
-
-    The scaling is training's own (fedxray.training.augment), so inputs match at test time;
-    ``channels`` 3 repeats the grey image for models built for colour input.
-    """
-    from fedxray.training.augment import normalize, to_unit_range
-
-    arr = np.asarray(images)
-    if arr.dtype not in _PIXEL_TYPES:
-        raise FedxrayError(f"images must be uint8 or uint16, got {arr.dtype}")
-    if arr.ndim != 3:
-        raise FedxrayError(f"images must have shape [N, H, W], got {list(arr.shape)}")
-    if channels not in (1, 3):
-        raise FedxrayError(f"input channels must be 1 or 3, got {channels}")
-    x = normalize(to_unit_range(arr))
-    return x if channels == 1 else x.expand(-1, channels, -1, -1).contiguous()
+from fedxray.models.inputs import images_to_tensor
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -39,7 +19,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
     except (RuntimeError, TypeError):
         raise FedxrayError(f"unknown device {device!r}", hint="use cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise FedxrayError(f"device {device} is not available", hint="use --device cpu")
+        raise FedxrayError(f"device {device} is not available", option="device", value="cpu")
     return dev
 
 
@@ -50,10 +30,12 @@ def predict_proba(
     device: str | torch.device = "cpu",
     progress: Callable[[int, int], None] | None = None,
     channels: int = 1,
+    view: Callable | None = None,
 ) -> np.ndarray:
     """Softmax probabilities float32 [N, K] of ``model`` on images [N, H, W].
 
-    ``channels``: the model's input channels (the plan's ``in_channels``).
+    ``view`` turns images into the model's input (the model's input view); by default the
+    images scaled and normalised, with ``channels`` channels (the plan's ``in_channels``).
     Runs in eval mode without gradients, one batch at a time (so memory stays bounded for
     large shards); the model's device and train/eval mode are restored afterwards.
     """
@@ -70,7 +52,9 @@ def predict_proba(
     try:
         with torch.no_grad():
             for start in range(0, n, batch_size):
-                x = images_to_tensor(images[start : start + batch_size], channels).to(dev)
+                batch = images[start : start + batch_size]
+                x = images_to_tensor(batch, channels) if view is None else view(batch)
+                x = x.to(dev)
                 logits = model(x)
                 if logits.ndim != 2 or logits.shape[0] != x.shape[0]:
                     raise FedxrayError(

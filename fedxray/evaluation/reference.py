@@ -7,6 +7,7 @@ radiologist fills in for the test images; they are matched to shard rows by keye
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 import os
@@ -36,6 +37,7 @@ from fedxray.evaluation.metrics import (
     compute_metrics,
     to_optional,
 )
+from fedxray.fsio import read_input
 
 NOT_READ = -1
 # Below this many discordant pairs the chi-square approximation is poor: use the exact test.
@@ -56,13 +58,8 @@ class McNemar:
     method: str
 
     def to_dict(self) -> dict:
-        return {
-            "model_right_reader_wrong": self.b,
-            "model_wrong_reader_right": self.c,
-            "statistic": self.statistic,
-            "p_value": self.p_value,
-            "method": self.method,
-        }
+        names = {"b": "model_right_reader_wrong", "c": "model_wrong_reader_right"}
+        return {names.get(k, k): v for k, v in dataclasses.asdict(self).items()}
 
 
 def binomial_two_sided(k: int, n: int) -> float:
@@ -226,8 +223,6 @@ def read_reads_csv(
     if isinstance(source, bytes | bytearray):
         raw = bytes(source)
     else:
-        from fedxray.fsio import read_input
-
         name = str(source)
         raw = read_input(source, what="reader labels")
     if image_ids is None:
@@ -244,7 +239,8 @@ def read_reads_csv(
         raise FedxrayError(
             f"{name} names images by 'file', which only the site key that prepared the shard "
             "can match to its images",
-            hint="pass that key with --key SITE.key, or name the images by image_id",
+            hint="give that key, or name the images by image_id",
+            option="key",
         )
 
     out = np.full(len(index), NOT_READ, dtype=np.int64)

@@ -1,9 +1,11 @@
-"""Registered architectures, their default input sizes and the tensor layout that travels."""
+"""The models fedxray can train: the built-in ones and plug-ins from the ``fedxray.models``
+entry-point group (the contract is in fedxray.models.spec), and the tensor layout that travels.
+"""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from importlib.metadata import entry_points
 
 import numpy as np
 import torch
@@ -12,33 +14,102 @@ from torch import nn
 from fedxray.errors import FedxrayError, VerificationError
 from fedxray.models.resnet import resnet18
 from fedxray.models.smallcnn import SmallCNN
+from fedxray.models.spec import ModelSpec
 
-_BUILDERS: dict[str, Callable[[int, int], nn.Module]] = {
-    "smallcnn": lambda num_classes, in_channels: SmallCNN(num_classes, in_channels),
+ENTRY_POINTS = "fedxray.models"
+
+BUILTIN = (
+    ModelSpec(
+        "smallcnn",
+        lambda num_classes, in_channels, _size: SmallCNN(num_classes, in_channels),
+        image_sizes=(8, 64),
+        description="a small CNN (~100k parameters) for 64 px radiographs",
+    ),
     # ~6k parameters: DP noise grows with the parameter count, so on a few hundred images
     # (the sample federation) a tiny model learns more under DP than a larger one.
-    "tinycnn": lambda num_classes, in_channels: SmallCNN(
-        num_classes, in_channels, widths=(8, 16, 16, 16), head_grid=2
+    ModelSpec(
+        "tinycnn",
+        lambda num_classes, in_channels, _size: SmallCNN(
+            num_classes, in_channels, widths=(8, 16, 16, 16), head_grid=2
+        ),
+        image_sizes=(8, 32),
+        description="a tiny CNN (~6k parameters) for a few hundred images under DP",
     ),
-    "resnet18": lambda num_classes, in_channels: resnet18(num_classes, in_channels),
-}
-_DEFAULT_SIZE = {"smallcnn": 64, "tinycnn": 32, "resnet18": 224}
-_MIN_SIZE = {"smallcnn": 8, "tinycnn": 8, "resnet18": 32}
+    ModelSpec(
+        "resnet18",
+        lambda num_classes, in_channels, _size: resnet18(num_classes, in_channels),
+        image_sizes=(32, 224),
+        description="ResNet-18 with GroupNorm (PriMIA's architecture)",
+    ),
+)
+MODEL_NAMES: tuple[str, ...] = tuple(s.name for s in BUILTIN)  # the built-in models
 
-MODEL_NAMES: tuple[str, ...] = tuple(_BUILDERS)
+
+@functools.cache
+def _plugins() -> dict[str, ModelSpec]:
+    """The specs that installed packages register under ``fedxray.models``."""
+    found: dict[str, ModelSpec] = {}
+    for ep in entry_points(group=ENTRY_POINTS):
+        if ep.name in MODEL_NAMES or ep.name in found:
+            raise FedxrayError(f"two models are named {ep.name!r} (plug-in {ep.value})")
+        try:
+            obj = ep.load()
+            spec = obj if isinstance(obj, ModelSpec) else obj()
+        except Exception as e:  # a broken plug-in must not look like a fedxray bug
+            raise FedxrayError(
+                f"model plug-in {ep.name!r} ({ep.value}) cannot be loaded: {type(e).__name__}: {e}"
+            ) from None
+        if not isinstance(spec, ModelSpec) or spec.name != ep.name:
+            raise FedxrayError(
+                f"model plug-in {ep.name!r} ({ep.value}) is not a ModelSpec named {ep.name!r}"
+            )
+        found[ep.name] = spec
+    return found
 
 
-def _check_arch(arch: str) -> None:
-    if arch not in _BUILDERS:
+def reload_plugins() -> None:
+    """Look for plug-ins again (after installing one in this process)."""
+    _plugins.cache_clear()
+    _layout.cache_clear()
+
+
+def model_names() -> tuple[str, ...]:
+    """Every model this installation can train: the built-in ones, then the plug-ins."""
+    return MODEL_NAMES + tuple(sorted(_plugins()))
+
+
+def get_spec(arch: str) -> ModelSpec:
+    for spec in BUILTIN:  # no entry-point scan for the built-in models
+        if spec.name == arch:
+            return spec
+    spec = _plugins().get(arch)
+    if spec is None:
         raise FedxrayError(
-            f"unknown model architecture: {arch!r}", hint=f"choose one of {', '.join(MODEL_NAMES)}"
+            f"unknown model architecture: {arch!r}",
+            hint=f"choose one of {', '.join(model_names())}",
         )
+    return spec
+
+
+def check_model(model, num_classes: int) -> None:
+    """Refuse, when a plan is made, a model it could not use: ``model`` holds the plan's
+    arch, image_size and in_channels."""
+    spec = get_spec(model.arch)
+    if model.in_channels not in spec.in_channels:
+        if spec.in_channels == (1,):
+            raise FedxrayError("models take single-channel (greyscale) input")
+        raise FedxrayError(f"{spec.name} takes {' or '.join(map(str, spec.in_channels))} channels")
+    with torch.device("meta"):  # shapes only
+        module = build_model(model.arch, model.image_size, num_classes, model.in_channels)
+    if spec.front_end is not None:
+        front = module.get_submodule(spec.front_end)
+        if any(p.requires_grad for p in front.parameters()):
+            raise FedxrayError(f"{spec.name}: the front end {spec.front_end!r} must be frozen")
 
 
 def default_image_size(arch: str) -> int:
     """The input size (pixels, square) an architecture is meant for."""
-    _check_arch(arch)
-    return _DEFAULT_SIZE[arch]
+    return get_spec(arch).default_image_size
 
 
 def build_model(
@@ -49,17 +120,17 @@ def build_model(
     seed: int | None = None,
 ) -> nn.Module:
     """A freshly initialised model; the same ``seed`` gives the same weights everywhere."""
-    _check_arch(arch)
-    if image_size < _MIN_SIZE[arch]:
+    spec = get_spec(arch)
+    if image_size < spec.min_image_size:
         raise FedxrayError(f"image size {image_size} is too small for {arch}")
     if num_classes < 2:
         raise FedxrayError(f"need at least 2 classes, got {num_classes}")
     if seed is None:
-        return _BUILDERS[arch](num_classes, in_channels)
+        return spec.build(num_classes, in_channels, image_size)
     # A private RNG stream: building a model must not disturb the caller's randomness.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return _BUILDERS[arch](num_classes, in_channels)
+        return spec.build(num_classes, in_channels, image_size)
 
 
 def state_layout(
@@ -71,28 +142,33 @@ def state_layout(
 
 @functools.lru_cache(maxsize=16)  # building even a meta model costs ~0.1 s; layouts never change
 def _layout(arch: str, image_size: int, num_classes: int, in_channels: int) -> tuple:
-    _check_arch(arch)
     with torch.device("meta"):  # shapes only, no memory, no initialisation cost
         model = build_model(arch, image_size, num_classes, in_channels)
-    return tuple(
-        (name, (tuple(t.shape), "float32"))
+    return tuple((name, (tuple(t.shape), "float32")) for name, t in _travelling(model).items())
+
+
+def _travelling(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The floating-point state that is trained and sent: frozen parameters (a fixed front
+    end) and non-persistent buffers stay behind."""
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    return {
+        name: t
         for name, t in model.state_dict().items()
-        if t.is_floating_point()
-    )
+        if t.is_floating_point() and name not in frozen
+    }
 
 
 def state_to_numpy(model: nn.Module) -> dict[str, np.ndarray]:
-    """The model's floating-point parameters and buffers as float32 numpy arrays (copies)."""
+    """The model's travelling tensors as float32 numpy arrays (copies)."""
     return {
         name: t.detach().to("cpu", torch.float32).numpy().copy()
-        for name, t in model.state_dict().items()
-        if t.is_floating_point()
+        for name, t in _travelling(model).items()
     }
 
 
 def load_numpy_state(model: nn.Module, state: dict[str, np.ndarray]) -> None:
     """Load ``state`` into ``model`` in place; names and shapes must match exactly."""
-    own = {n: t for n, t in model.state_dict().items() if t.is_floating_point()}
+    own = _travelling(model)
     missing = sorted(set(own) - set(state))
     extra = sorted(set(state) - set(own))
     if missing or extra:

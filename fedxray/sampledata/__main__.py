@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from fedxray.cli.common import hint
 from fedxray.errors import FedxrayError
 from fedxray.sampledata.sites import generate
 
@@ -23,8 +24,8 @@ def main(argv: list[str] | None = None) -> int:
         written = generate(args.outdir, seed=args.seed, force=args.force)
     except FedxrayError as e:
         print(f"error: {e.message}", file=sys.stderr)
-        if e.hint:
-            print(f"hint: {e.hint}", file=sys.stderr)
+        if hint(e):
+            print(f"hint: {hint(e)}", file=sys.stderr)
         return e.exit_code
     for name, paths in written.items():
         print(f"{args.outdir}/{name}: {len(paths)} images")

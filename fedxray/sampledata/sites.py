@@ -166,7 +166,9 @@ def generate(
         folder = outdir / name
         if folder.exists() and any(folder.iterdir()) and not force:
             raise FedxrayError(
-                f"{folder} exists and is not empty", hint="use --force to replace it"
+                f"{folder} exists and is not empty",
+                hint="replace it only on purpose",
+                option="force",
             )
     outdir.mkdir(parents=True, exist_ok=True)
     used_ids: set[str] = set()

@@ -6,6 +6,7 @@ federation would, so any file in the run folder can be inspected afterwards.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -18,9 +19,20 @@ import numpy as np
 from fedxray import keys
 from fedxray.data.pseudonym import site_secret
 from fedxray.data.shard import Shard
+from fedxray.data.shard_io import read_shard, write_shard
 from fedxray.errors import FedxrayError
+from fedxray.filenames import round_file
 from fedxray.fsio import read_input, write_atomic
+from fedxray.plan import Plan, load_plan
+from fedxray.settings import DEFAULT_CLASSES, OPTIONS, option_default, settings_from_options
 from fedxray.simulation.courier import INBOX, Courier
+from fedxray.simulation.split import holdout_split, split_sites
+from fedxray.steps.aggregate import aggregate
+from fedxray.steps.identity import create_identity
+from fedxray.steps.mask import mask_update
+from fedxray.steps.reveal import reveal
+from fedxray.steps.server_state import server_state_path
+from fedxray.steps.unmask import unmask
 
 COORDINATOR_DIR = "coordinator"
 EVALUATION_DIR = "evaluation"
@@ -36,28 +48,31 @@ def default_sample_data() -> Path | None:
 
 @dataclass
 class SimulationConfig:
+    """A simulated run: where, on which data, and the plan's options (fedxray.settings.OPTIONS)."""
+
     out: Path
     data: Path | None = None
     sites: int | None = None
-    # Defaults tuned on the bundled sample data (a few hundred images): a ~6k-parameter CNN at
-    # 32 px learns well above chance under DP at epsilon 8 in about a minute of training.
-    rounds: int = 5
-    local_epochs: int = 5
     dp: bool = True
-    strict: bool = False
     drops: dict[int, set[str]] = field(default_factory=dict)  # round -> dropped site names
     skew: float | None = None
     seed: int = 0
-    arch: str = "tinycnn"
+    # Tuned on the bundled sample data (a few hundred images): a ~6k-parameter CNN at 32 px
+    # learns well above chance under DP at epsilon 8 in about a minute of training.
+    model: str = "tinycnn"
     image_size: int = 32
-    epsilon: float = 8.0
-    delta: float = 1e-5
-    batch_size: int = 64
-    lr: float = 0.15
-    clip_norm: float = 1.0
-    min_sites: int = 3
-    server_opt: str = "fedavg"
-    server_lr: float = 1.0
+    local_epochs: int = 5
+    # The plan's own defaults for the rest.
+    rounds: int = option_default("rounds")
+    strict: bool = option_default("strict")
+    epsilon: float = option_default("epsilon")
+    delta: float = option_default("delta")
+    batch_size: int = option_default("batch_size")
+    lr: float = option_default("lr")
+    clip_norm: float = option_default("clip_norm")
+    min_sites: int = option_default("min_sites")
+    server_opt: str = option_default("server_opt")
+    server_lr: float = option_default("server_lr")
     holdout: float = 0.15
     bootstrap: int = 1000
     workers: int | None = None
@@ -74,14 +89,7 @@ class RoundRecord:
     metrics: dict
 
     def to_dict(self) -> dict:
-        return {
-            "round": self.round,
-            "sites": self.sites,
-            "dropped": self.dropped,
-            "seconds": self.seconds,
-            "courier_bytes": self.courier_bytes,
-            "metrics": self.metrics,
-        }
+        return dataclasses.asdict(self)
 
 
 Event = Callable[[str, dict], None]
@@ -107,7 +115,7 @@ class Simulation:
     def _prepare_folders(self) -> None:
         if self.root.exists() and any(self.root.iterdir()):
             raise FedxrayError(
-                f"run folder {self.root} is not empty", hint="choose a new -o folder"
+                f"run folder {self.root} is not empty", hint="choose a new one", option="output"
             )
         self.root.mkdir(parents=True, exist_ok=True)
         self.coord_dir.mkdir()
@@ -116,19 +124,20 @@ class Simulation:
     def _site_data(self) -> tuple[list[tuple[str, list[Path] | Shard]], list[Path] | Shard]:
         """Per site: either folders it preps itself, or a pre-split shard; plus held-out data."""
         from fedxray.data.prep import prepare
-        from fedxray.plan import DEFAULT_CLASSES
-        from fedxray.simulation.split import holdout_split, split_sites
 
         cfg = self.cfg
         data = cfg.data or default_sample_data()
         if data is None:
-            raise FedxrayError("no sample data found next to the package", hint="pass --data DIR")
+            raise FedxrayError(
+                "no sample data found next to the package", hint="name a folder", option="data"
+            )
         hospitals = sorted(p for p in data.glob("hospital-*") if p.is_dir())
         if cfg.data is None or (hospitals and (data / "test").is_dir()):
             if cfg.sites not in (None, len(hospitals)):
                 raise FedxrayError(
-                    f"{data} has {len(hospitals)} hospital folders; --sites must match",
-                    hint="or point --data at a plain folder of images to split",
+                    f"{data} has {len(hospitals)} hospital folders; the number of sites must match",
+                    hint="or use a plain folder of images, to be split",
+                    option="sites",
                 )
             return [(h.name, [h]) for h in hospitals], [data / "test"]
         # A plain folder: prep once, hold out patients, split the rest by patient. Pseudonyms
@@ -147,9 +156,7 @@ class Simulation:
 
     def setup(self) -> None:
         from fedxray.data.prep import prepare
-        from fedxray.data.shard_io import write_shard
-        from fedxray.federation import initialise
-        from fedxray.plan import DEFAULT_CLASSES, card_bytes, make_settings
+        from fedxray.steps.init import initialise
 
         cfg = self.cfg
         self._prepare_folders()
@@ -158,16 +165,15 @@ class Simulation:
         unknown = {s for names in cfg.drops.values() for s in names} - set(self.site_names)
         if unknown:
             raise FedxrayError(
-                f"--drop names unknown site(s): {', '.join(sorted(unknown))}",
+                f"dropouts name unknown site(s): {', '.join(sorted(unknown))}",
                 hint=f"sites: {', '.join(self.site_names)}",
+                option="drop",
             )
         # Each site: keygen, prep its own data (or receive its split), send its card.
         for name, source in site_data:
             folder = self._site_dir(name)
             folder.mkdir(parents=True)
-            ident = keys.generate(name)
-            keys.save_private_key(ident, folder / f"{name}.key")
-            write_atomic(folder / f"{name}.pub", card_bytes(ident))
+            ident = create_identity(name, folder).identity
             if isinstance(source, Shard):
                 shard = source
             else:
@@ -188,26 +194,8 @@ class Simulation:
             )
         write_shard(self.eval_dir / "test.shard", held)
         # Coordinator: init from the cards it received.
-        settings = make_settings(
-            {
-                "model": {"arch": cfg.arch, "image_size": cfg.image_size, "in_channels": 1},
-                "training": {
-                    "rounds": cfg.rounds,
-                    "local_epochs": cfg.local_epochs,
-                    "batch_size": cfg.batch_size,
-                    "lr": cfg.lr,
-                },
-                "dp": {
-                    "epsilon": cfg.epsilon,
-                    "delta": cfg.delta,
-                    "max_grad_norm": cfg.clip_norm,
-                    "allow_no_dp": not cfg.dp,
-                },
-                "secagg": {"strict": cfg.strict},
-                "server": {"optimizer": cfg.server_opt, "lr": cfg.server_lr},
-                "min_sites": cfg.min_sites,
-            }
-        )
+        options = {k: getattr(cfg, k) for k in OPTIONS if hasattr(cfg, k)}
+        settings = settings_from_options(**options, allow_no_dp=not cfg.dp)
         cards = [self.coord_dir / INBOX / f"{n}.pub" for n in self.site_names]
         res = initialise(FEDERATION_NAME, self.coord_dir, cards, settings, seed=cfg.seed)
         self.plan_path, self.model_path = res.plan_path, res.model_path
@@ -218,90 +206,18 @@ class Simulation:
 
     # --- one round ---------------------------------------------------------------------------
     def run_round(self, r: int) -> RoundRecord:
-        from fedxray.modelfile import model_filename
-        from fedxray.plan import load_plan
-        from fedxray.secagg import protocol
-        from fedxray.secagg.server_state import server_state_path
-        from fedxray.site_training import train_local
-
-        cfg = self.cfg
-        dropped = sorted(cfg.drops.get(r, set()))
+        """Every site trains and masks, the coordinator sums, the survivors reveal, the
+        coordinator unmasks; the evaluation party scores the next model."""
+        dropped = sorted(self.cfg.drops.get(r, set()))
         seconds = {"train": 0.0, "mask": 0.0, "aggregate": 0.0, "reveal": 0.0, "unmask": 0.0}
         site_info: dict[str, dict] = {}
-        coord_key = keys.load_private_key(self.coord_dir / "coordinator.key")
         masked_files = []
         for name in self.site_names:
-            folder = self._site_dir(name)
-            plan = load_plan(folder / INBOX / self.plan_path.name)
-            key = keys.load_private_key(folder / f"{name}.key")
-            model_bytes = read_input(folder / INBOX / model_filename(r))
-            t0 = time.perf_counter()
-            local = train_local(
-                model_bytes,
-                folder / f"{name}.shard",
-                plan,
-                key,
-                ledger_path=folder / f"{name}.ledger",
-                checkpoint_dir=folder / "checkpoints",
-                dp=cfg.dp,
-                device=cfg.device,
-                seed=cfg.seed * 1000 + r,
-            )
-            seconds["train"] += time.perf_counter() - t0
-            update = local.update
-            write_atomic(folder / f"{name}-round-{r:04d}.update", update)
-            site_info[name] = local.summary()
-            if name in dropped:
-                # Trained but never delivered: the courier does not reach this site this round.
-                site_info[name]["dropped"] = True
-                self.emit("site-round", {"round": r, "site": name, **site_info[name]})
-                continue
-            t0 = time.perf_counter()
-            masked = protocol.mask_update(update, plan, key, folder)
-            seconds["mask"] += time.perf_counter() - t0
-            masked_path = folder / f"{name}-round-{r:04d}.masked"
-            write_atomic(masked_path, masked)
-            masked_files.append(self.courier.carry(masked_path, self.coord_dir, r))
+            site_info[name], masked = self._site_round(name, r, name in dropped, seconds)
+            if masked is not None:
+                masked_files.append(self.courier.carry(masked, self.coord_dir, r))
             self.emit("site-round", {"round": r, "site": name, **site_info[name]})
-
-        plan = load_plan(self.plan_path)
-        t0 = time.perf_counter()
-        total, closure = protocol.aggregate(
-            masked_files, plan, coord_key, r, state_dir=self.coord_dir
-        )
-        seconds["aggregate"] += time.perf_counter() - t0
-        sum_path = self.coord_dir / f"round-{r:04d}.sum"
-        write_atomic(sum_path, total)
-        reveals = []
-        if closure is not None:
-            closure_path = self.coord_dir / f"round-{r:04d}.closure"
-            write_atomic(closure_path, closure)
-            for name in self.site_names:
-                if name in dropped:
-                    continue
-                folder = self._site_dir(name)
-                carried = self.courier.carry(closure_path, folder, r)
-                site_plan = load_plan(folder / INBOX / self.plan_path.name)
-                key = keys.load_private_key(folder / f"{name}.key")
-                t0 = time.perf_counter()
-                rev = protocol.reveal(read_input(carried), site_plan, key, folder)
-                seconds["reveal"] += time.perf_counter() - t0
-                rev_path = folder / f"{name}-round-{r:04d}.reveal"
-                write_atomic(rev_path, rev)
-                reveals.append(self.courier.carry(rev_path, self.coord_dir, r))
-        t0 = time.perf_counter()
-        next_model = protocol.unmask(
-            total,
-            reveals,
-            plan,
-            coord_key,
-            read_input(self.coord_dir / model_filename(r)),
-            server_state_path(self.coord_dir, plan),
-            state_dir=self.coord_dir,
-        )
-        seconds["unmask"] += time.perf_counter() - t0
-        next_path = self.coord_dir / model_filename(r + 1)
-        write_atomic(next_path, next_model)
+        next_path = self._coordinator_round(r, masked_files, dropped, seconds)
         for name in self.site_names:
             self.courier.carry(next_path, self._site_dir(name), r + 1)
         metrics = self.evaluate(self.courier.carry(next_path, self.eval_dir, r + 1), n_boot=0)
@@ -317,11 +233,84 @@ class Simulation:
         self.emit("round", rec.to_dict())
         return rec
 
+    def _site(self, name: str) -> tuple[Path, Plan, keys.PrivateIdentity]:
+        folder = self._site_dir(name)
+        plan = load_plan(folder / INBOX / self.plan_path.name)
+        return folder, plan, keys.load_private_key(folder / f"{name}.key")
+
+    def _site_round(
+        self, name: str, r: int, dropped: bool, seconds: dict[str, float]
+    ) -> tuple[dict, Path | None]:
+        """A site's part: train and mask (a dropped site trains but never delivers)."""
+        from fedxray.steps.train_local import train_local
+
+        folder, plan, key = self._site(name)
+        t0 = time.perf_counter()
+        local = train_local(
+            read_input(folder / INBOX / round_file("model", r)),
+            folder / f"{name}.shard",
+            plan,
+            key,
+            ledger_path=folder / f"{name}.ledger",
+            checkpoint_dir=folder / "checkpoints",
+            dp=self.cfg.dp,
+            device=self.cfg.device,
+            seed=self.cfg.seed * 1000 + r,
+        )
+        seconds["train"] += time.perf_counter() - t0
+        write_atomic(folder / round_file("update", r, name), local.update)
+        info = local.summary()
+        if dropped:
+            return {**info, "dropped": True}, None
+        t0 = time.perf_counter()
+        masked = mask_update(local.update, plan, key, folder)
+        seconds["mask"] += time.perf_counter() - t0
+        masked_path = folder / round_file("masked", r, name)
+        write_atomic(masked_path, masked.data)
+        return info, masked_path
+
+    def _coordinator_round(
+        self, r: int, masked_files: list[Path], dropped: list[str], seconds: dict[str, float]
+    ) -> Path:
+        """Sum, collect the reveals if a closure is needed, unmask; the next model's path."""
+        plan = load_plan(self.plan_path)
+        coord_key = keys.load_private_key(self.coord_dir / "coordinator.key")
+        t0 = time.perf_counter()
+        agg = aggregate(masked_files, plan, coord_key, r, state_dir=self.coord_dir)
+        seconds["aggregate"] += time.perf_counter() - t0
+        write_atomic(self.coord_dir / round_file("sum", r), agg.sum)
+        reveals = []
+        if agg.closure is not None:
+            closure_path = self.coord_dir / round_file("closure", r)
+            write_atomic(closure_path, agg.closure)
+            for name in agg.reveal_from:
+                folder, site_plan, key = self._site(name)
+                carried = self.courier.carry(closure_path, folder, r)
+                t0 = time.perf_counter()
+                answer = reveal(read_input(carried), site_plan, key, folder)
+                seconds["reveal"] += time.perf_counter() - t0
+                reveal_path = folder / round_file("reveal", r, name)
+                write_atomic(reveal_path, answer.data)
+                reveals.append(self.courier.carry(reveal_path, self.coord_dir, r))
+        t0 = time.perf_counter()
+        nxt = unmask(
+            agg.sum,
+            reveals,
+            plan,
+            coord_key,
+            read_input(self.coord_dir / round_file("model", r)),
+            server_state_path(self.coord_dir, plan),
+            state_dir=self.coord_dir,
+        )
+        seconds["unmask"] += time.perf_counter() - t0
+        next_path = self.coord_dir / round_file("model", r + 1)
+        write_atomic(next_path, nxt.model)
+        return next_path
+
     # --- evaluation --------------------------------------------------------------------------
     def evaluate(self, model_path: Path, n_boot: int) -> dict:
         """The evaluation party's view: the model on the held-out shard."""
-        from fedxray.data.shard_io import read_shard
-        from fedxray.evaluation.run import evaluate_shard, load_model
+        from fedxray.steps.evaluate import evaluate_shard, load_model
 
         model = load_model(model_path, self.eval_dir / INBOX / self.plan_path.name)
         shard = read_shard(self.eval_dir / "test.shard")
@@ -331,14 +320,12 @@ class Simulation:
         return report.to_dict()
 
     def run(self) -> dict:
-        from fedxray.modelfile import model_filename
-
         t_start = time.perf_counter()
         self.setup()
         self.courier.carry(self.plan_path, self.eval_dir)
         for r in range(1, self.cfg.rounds + 1):
             self.run_round(r)
-        final_model = self.eval_dir / INBOX / model_filename(self.cfg.rounds + 1)
+        final_model = self.eval_dir / INBOX / round_file("model", self.cfg.rounds + 1)
         final = self.evaluate(final_model, n_boot=self.cfg.bootstrap)
         summary = {
             "run_folder": str(self.root),

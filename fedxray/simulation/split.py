@@ -57,7 +57,7 @@ def split_sites(shard: Shard, n_sites: int, seed: int, skew: float | None = None
     Smaller ``skew`` (alpha) gives more unequal class mixes between sites.
     """
     if n_sites < 1:
-        raise FedxrayError("--sites must be at least 1")
+        raise FedxrayError("the number of sites must be at least 1", option="sites")
     keys = patient_keys(shard)
     uniq, plabel = _patient_labels(keys, shard.labels)
     if len(uniq) < n_sites:
@@ -70,7 +70,7 @@ def split_sites(shard: Shard, n_sites: int, seed: int, skew: float | None = None
             owner[idx] = (np.arange(len(idx)) + rng.integers(n_sites)) % n_sites
         else:
             if skew <= 0:
-                raise FedxrayError("--skew must be positive")
+                raise FedxrayError("the class skew must be positive", option="skew")
             share = rng.dirichlet(np.full(n_sites, float(skew)))
             cuts = (np.cumsum(share)[:-1] * len(idx)).astype(int)
             for site, part in enumerate(np.split(idx, cuts)):

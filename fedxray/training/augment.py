@@ -1,4 +1,4 @@
-"""Input scaling and augmentation for chest radiographs.
+"""Training-time augmentation for chest radiographs (the input scaling is fedxray.models.inputs).
 
 Mild geometric jitter (rotation, scale, shift) and brightness/contrast changes that real
 acquisitions show. No horizontal flip: the heart's side is anatomy, not noise. All random
@@ -9,47 +9,14 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-
-from fedxray.errors import FedxrayError
-
-# Fixed, data-independent normalisation (statistics of the private data would leak).
-MEAN = 0.5
-STD = 0.25
 
 MAX_ROTATION_DEG = 7.0
 SCALE_RANGE = (0.92, 1.08)
 MAX_SHIFT = 0.05  # fraction of the image size
 BRIGHTNESS = 0.08
 CONTRAST = 0.1
-
-
-def to_unit_range(images: np.ndarray) -> torch.Tensor:
-    """uint8/uint16/float [N, H, W] images -> float32 tensor [N, 1, H, W] in [0, 1]."""
-    arr = np.asarray(images)
-    if arr.ndim != 3:
-        raise FedxrayError(f"expected images [N, H, W], got shape {arr.shape}")
-    t = torch.from_numpy(np.ascontiguousarray(arr))
-    if arr.dtype == np.uint8:
-        t = t.float().div_(255.0)
-    elif arr.dtype == np.uint16:
-        t = t.float().div_(65535.0)
-    elif np.issubdtype(arr.dtype, np.floating):
-        t = t.float()
-    else:
-        raise FedxrayError(f"unsupported image dtype {arr.dtype}")
-    return t.unsqueeze(1)
-
-
-def normalize(x: torch.Tensor) -> torch.Tensor:
-    return (x - MEAN) / STD
-
-
-def preprocess(images: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
-    """Model input for evaluation/prediction: scaled and normalised, no augmentation."""
-    return normalize(to_unit_range(images).to(device))
 
 
 def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -20,6 +20,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from fedxray.data.shard import Shard
+from fedxray.errors import FedxrayError
 from fedxray.fsio import write_atomic
 
 FORMAT = "fedxray-train-checkpoint"
@@ -71,3 +72,62 @@ def shard_hash(shard: Shard) -> str:
     h = hashlib.sha256(state_hash(parts).encode())
     h.update(json.dumps(list(shard.classes)).encode())
     return h.hexdigest()
+
+
+class Resume:
+    """A round's checkpoint: the model and optimiser after each finished epoch.
+
+    ``keys`` say what the round was made from (federation, round, global model, settings,
+    shard, noise); a checkpoint with other keys, or for more epochs than the privacy ledger
+    accounts for, is not built on.
+    """
+
+    def __init__(self, folder: str | Path | None, federation_id: str, round_number: int, keys):
+        self.keys = keys
+        self.path = None if folder is None else checkpoint_path(folder, federation_id, round_number)
+
+    def restore(self, epochs_recorded: int, model, optimizer) -> tuple[int, list[float]]:
+        """Epochs done and their losses, restored into model and optimiser; (0, []) if none."""
+        found = None if self.path is None else load(self.path)
+        if found is None:
+            return 0, []
+        tensors, meta = found
+        if any(meta.get(k) != v for k, v in self.keys.items()):
+            return 0, []  # another global model, settings or data: start the round afresh
+        epoch = int(meta["epoch"])
+        if epochs_recorded < epoch:
+            return 0, []  # the ledger does not account for it: do not build on it
+        model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model/")}
+        model.load_state_dict(model_state, strict=True)
+        opt_state: dict[int, dict[str, torch.Tensor]] = {}
+        for k, v in tensors.items():
+            if k.startswith("opt/"):
+                _, idx, name = k.split("/", 2)
+                opt_state.setdefault(int(idx), {})[name] = v
+        if opt_state:
+            sd = optimizer.state_dict()
+            sd["state"] = opt_state
+            optimizer.load_state_dict(sd)
+        return epoch, [float(v) for v in meta["losses"]]
+
+    def make_folder(self) -> None:
+        """Create the checkpoint folder: only once training will run, so that a refused run
+        leaves nothing behind."""
+        if self.path is None:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as e:
+            raise FedxrayError(
+                f"cannot create checkpoint folder {self.path.parent}: {e.strerror}"
+            ) from None
+
+    def save(self, epoch: int, losses: list[float], model, optimizer) -> None:
+        if self.path is None:
+            return
+        tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
+        for idx, st in optimizer.state_dict()["state"].items():
+            for name, v in st.items():
+                if isinstance(v, torch.Tensor):
+                    tensors[f"opt/{idx}/{name}"] = v
+        save(self.path, tensors, dict(self.keys, epoch=epoch, losses=losses))

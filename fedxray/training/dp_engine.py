@@ -1,4 +1,6 @@
-"""Per-example gradient clipping without storing every per-example gradient.
+"""DP-SGD's private step: per-example clipping (DPEngine) and noising (PrivateOptimizer).
+
+Per-example gradient clipping without storing every per-example gradient.
 
 DP-SGD needs, for each example i, its gradient g_i clipped to norm C, summed over the batch:
 ``sum_i c_i g_i`` with ``c_i = min(1, C / |g_i|)``. Opacus materialises every g_i for every
@@ -35,6 +37,27 @@ _MATERIALISE_ELEMENTS = 1 << 24
 _GHOST_RATIO = 12
 
 
+def private_layers(model: nn.Module) -> list[nn.Module]:
+    """The layers whose per-example gradients the engine computes. A model with a trainable
+    layer the engine does not support cannot be trained with DP: FedxrayError."""
+    layers = []
+    for name, module in model.named_modules():
+        own = [p for p in module.parameters(recurse=False) if p.requires_grad]
+        if not own:
+            continue
+        if not isinstance(module, _SUPPORTED):
+            raise FedxrayError(
+                f"layer {name or '<root>'} ({type(module).__name__}) is not supported by "
+                "the DP engine"
+            )
+        if isinstance(module, nn.Conv2d) and (module.groups != 1 or module.padding_mode != "zeros"):
+            raise FedxrayError(f"layer {name}: grouped or non-zero-padded convolutions unsupported")
+        if isinstance(module, nn.GroupNorm) and not module.affine:
+            continue
+        layers.append(module)
+    return layers
+
+
 class DPEngine:
     """Attach to a model; ``clipped_backward`` fills ``.grad`` with the clipped per-example sum."""
 
@@ -43,29 +66,10 @@ class DPEngine:
             raise FedxrayError(f"max_grad_norm must be positive, got {max_grad_norm}")
         self.model = model
         self.max_grad_norm = float(max_grad_norm)
-        self._layers: list[nn.Module] = []
+        self._layers = private_layers(model)
         self._records: dict[nn.Module, tuple[torch.Tensor, torch.Tensor, int]] = {}
         self._armed = False
-        self._handles = []
-        for name, module in model.named_modules():
-            own = [p for p in module.parameters(recurse=False) if p.requires_grad]
-            if not own:
-                continue
-            if not isinstance(module, _SUPPORTED):
-                raise FedxrayError(
-                    f"layer {name or '<root>'} ({type(module).__name__}) is not supported by "
-                    "the DP engine"
-                )
-            if isinstance(module, nn.Conv2d) and (
-                module.groups != 1 or module.padding_mode != "zeros"
-            ):
-                raise FedxrayError(
-                    f"layer {name}: grouped or non-zero-padded convolutions unsupported"
-                )
-            if isinstance(module, nn.GroupNorm) and not module.affine:
-                continue
-            self._layers.append(module)
-            self._handles.append(module.register_forward_hook(self._capture))
+        self._handles = [m.register_forward_hook(self._capture) for m in self._layers]
 
     def detach(self) -> None:
         """Remove the hooks (the model is then an ordinary module again)."""
@@ -248,3 +252,60 @@ def _layer_clipped_sum(m, a, g, cache, scale: torch.Tensor) -> None:
 def _f32(t: torch.Tensor) -> torch.Tensor:
     # Per-example arithmetic in at least float32, even when the forward ran in half precision.
     return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+AllReduce = Callable[[list[torch.Tensor]], None]
+
+
+class PrivateOptimizer:
+    """DP-SGD's whole private step around an ordinary optimiser, as Opacus' DPOptimizer.
+
+    ``backward`` clips each example's gradient to ``max_grad_norm`` and adds it to the running
+    sum (:class:`DPEngine`); ``step`` hands the clipped sum to ``all_reduce`` (the one place
+    where processes that share a batch add up their sums), adds Gaussian noise of standard
+    deviation ``noise_multiplier * max_grad_norm`` drawn from ``generator``, divides by the
+    EXPECTED batch size (with Poisson sampling the real size is private) and lets the
+    optimiser step. Accounting is not done here: the caller records each epoch in the privacy
+    ledger before it runs.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        engine: DPEngine,
+        *,
+        noise_multiplier: float,
+        expected_batch_size: float,
+        generator: torch.Generator | None = None,
+        all_reduce: AllReduce | None = None,
+    ):
+        if not expected_batch_size > 0:
+            raise FedxrayError(f"expected batch size must be positive, got {expected_batch_size}")
+        self.optimizer = optimizer
+        self.engine = engine
+        self.noise_multiplier = float(noise_multiplier)
+        self.expected_batch_size = float(expected_batch_size)
+        self.generator = generator  # the caller may seed a new one for each epoch
+        self.all_reduce = all_reduce
+        self.params = [p for p in engine.model.parameters() if p.requires_grad]
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def backward(self, forward: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """Run ``forward`` (per-example losses [B]); add the clipped gradients to the sum."""
+        losses, _ = self.engine.clipped_backward(forward)
+        return losses
+
+    def step(self) -> None:
+        for p in self.params:
+            if p.grad is None:  # a batch can be empty: the step is then noise alone
+                p.grad = torch.zeros_like(p)
+        clipped_sum = [p.grad for p in self.params]
+        if self.all_reduce is not None:
+            self.all_reduce(clipped_sum)
+        std = self.noise_multiplier * self.engine.max_grad_norm
+        for g in clipped_sum:
+            noise = torch.randn(g.shape, generator=self.generator, device=g.device, dtype=g.dtype)
+            g.add_(noise, alpha=std).div_(self.expected_batch_size)
+        self.optimizer.step()

@@ -21,13 +21,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedxray.data.shard import Shard
-from fedxray.errors import BudgetExceededError, FedxrayError, ProtocolRefusal
-from fedxray.models.registry import build_model, load_numpy_state, state_to_numpy
-from fedxray.training import accounting, checkpoint
-from fedxray.training.augment import augment, normalize, to_unit_range
-from fedxray.training.dp_engine import DPEngine
+from fedxray.errors import FedxrayError, ProtocolRefusal
+from fedxray.models.registry import build_model, get_spec, load_numpy_state, state_to_numpy
+from fedxray.training import budget, checkpoint
+from fedxray.training.augment import augment
+from fedxray.training.dp_engine import DPEngine, PrivateOptimizer
 from fedxray.training.ledger import Ledger, ledger_lock
-from fedxray.training.sampling import IMAGE, UnitSampler, resolve_unit
+from fedxray.training.sampling import plan_sampling
 from fedxray.training.settings import TrainSettings
 
 Progress = Callable[[int, int], None]
@@ -76,114 +76,56 @@ def train_round(
     _check_inputs(shard, settings, round_number)
     dev = torch.device(device)
     weights = _class_weights(settings, shard, dp)
-    warnings: list[str] = []
-
-    unit = resolve_unit(shard, settings.privacy_unit) if dp else IMAGE
-    sampler = UnitSampler(shard, unit)
-    if dp:
-        q, epoch_steps = accounting.steps_per_epoch(sampler.num_units, settings.batch_size)
-        if settings.delta >= 1.0 / sampler.num_units:
-            warnings.append(
-                f"delta={settings.delta:g} is not below 1/{sampler.num_units} "
-                f"({unit}s at this site): the guarantee is weak"
-            )
-    else:
-        q, epoch_steps = 1.0, math.ceil(len(shard) / settings.batch_size)
-    total_epochs = settings.local_epochs
-
+    sampling = plan_sampling(shard, settings, dp)
+    total_epochs, epoch_steps = settings.local_epochs, sampling.steps_per_epoch
     with ledger_lock(ledger_path):
         ledger = Ledger.load(ledger_path, federation_id)
-        sigma = _noise_multiplier(ledger, settings, unit, q, epoch_steps, round_number, dp)
-
+        sigma = budget.noise_multiplier(ledger, settings, sampling, round_number, dp)
         model = build_model(settings.arch, settings.image_size, len(settings.classes))
         load_numpy_state(model, global_state)
         model.to(dev)
         optimizer = _optimizer(model, settings)
-
-        keys = {
-            "federation_id": federation_id,
-            "round": int(round_number),
-            "global_sha256": checkpoint.state_hash(global_state),
-            "settings_sha256": settings.fingerprint(),
-            "shard_sha256": checkpoint.shard_hash(shard),
-            "dp": dp,
-            "noise_multiplier": sigma,
-        }
-        ckpt_file = None
-        done_epochs, losses = 0, []
-        if checkpoint_dir is not None:
-            ckpt_file = checkpoint.checkpoint_path(checkpoint_dir, federation_id, round_number)
-            done_epochs, losses = _restore(ckpt_file, keys, ledger, model, optimizer)
-        resumed = done_epochs
-
-        remaining = total_epochs - done_epochs
-        if dp and remaining > 0:
-            _check_budget(ledger, settings, sigma, q, epoch_steps, remaining, round_number)
-
-        if ckpt_file is not None and remaining > 0:
-            try:  # only now: a refused run leaves nothing behind
-                ckpt_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            except OSError as e:
-                raise FedxrayError(
-                    f"cannot create checkpoint folder {ckpt_file.parent}: {e.strerror}"
-                ) from None
-        engine = DPEngine(model, settings.max_grad_norm) if dp else None
+        resume = checkpoint.Resume(
+            checkpoint_dir,
+            federation_id,
+            round_number,
+            {
+                "federation_id": federation_id,
+                "round": int(round_number),
+                "global_sha256": checkpoint.state_hash(global_state),
+                "settings_sha256": settings.fingerprint(),
+                "shard_sha256": checkpoint.shard_hash(shard),
+                "dp": dp,
+                "noise_multiplier": sigma,
+            },
+        )
+        done, losses = resume.restore(ledger.epochs_recorded(round_number), model, optimizer)
+        if dp and done < total_epochs:
+            budget.check_budget(
+                ledger, settings, sigma, sampling, total_epochs - done, round_number
+            )
+        if done < total_epochs:
+            resume.make_folder()
+        epoch_runner = _Epochs(model, optimizer, shard, settings, sampling, sigma, weights, dev)
         base_seed = seed if seed is not None else secrets.randbits(63)
-        total_steps = total_epochs * epoch_steps
-        steps_taken = 0
-        for epoch in range(done_epochs + 1, total_epochs + 1):
-            attempt = sum(
-                1
-                for h in ledger.to_dict()["history"]
-                if h["round"] == round_number and h["epoch"] == epoch
-            )
+        for epoch in range(done + 1, total_epochs + 1):
             # Write-ahead: the epoch is counted before any of its results exist.
-            ledger.record_epoch(
-                round_number=round_number,
-                epoch=epoch,
-                steps=epoch_steps,
-                noise_multiplier=sigma,
-                sample_rate=q,
-            )
-            ledger.save()
-            seq = np.random.SeedSequence([base_seed, int(round_number), epoch, attempt])
-            rng = np.random.default_rng(seq)
-            s_aug, s_noise = (int(x) for x in seq.generate_state(2, dtype=np.uint64) >> 1)
-            gen_aug = torch.Generator().manual_seed(s_aug)
-            gen_noise = torch.Generator(device=dev).manual_seed(s_noise)
+            attempt = budget.record_epoch(ledger, round_number, epoch, sigma, sampling)
             first = (epoch - 1) * epoch_steps
 
             def step_done(i: int, first: int = first) -> None:
                 if progress is not None and i < epoch_steps:  # the epoch's last is below
-                    progress(first + i, total_steps)
+                    progress(first + i, total_epochs * epoch_steps)
 
-            batches = _Batches(shard, dev, gen_aug if settings.augment else None, settings)
-            model.train()
-            if dp:
-                loss = _dp_epoch(
-                    model, engine, optimizer, batches, sampler, rng, gen_noise,
-                    q=q, steps=epoch_steps, sigma=sigma, settings=settings,
-                    weights=weights, step_done=step_done,
-                )  # fmt: skip
-            else:
-                loss = _plain_epoch(
-                    model, optimizer, batches, rng, steps=epoch_steps,
-                    weights=weights, step_done=step_done,
-                )  # fmt: skip
-            steps_taken += epoch_steps
-            losses.append(loss)
-            if ckpt_file is not None:
-                _save(ckpt_file, keys, epoch, losses, model, optimizer)
+            seeds = np.random.SeedSequence([base_seed, int(round_number), epoch, attempt])
+            losses.append(epoch_runner.run(seeds, step_done))
+            resume.save(epoch, losses, model, optimizer)
             if epoch == total_epochs:
-                ledger.finish_round(round_number)
-                ledger.save()
+                budget.finish_round(ledger, round_number)
             if progress is not None:
-                progress(epoch * epoch_steps, total_steps)
-        if engine is not None:
-            engine.detach()
-        if remaining == 0 and not ledger.round_finished(round_number):
-            ledger.finish_round(round_number)  # a crash hit between checkpoint and ledger
-            ledger.save()
+                progress(epoch * epoch_steps, total_epochs * epoch_steps)
+        epoch_runner.close()
+        budget.finish_round(ledger, round_number)
         eps = ledger.epsilon() if dp else math.inf
 
     trained = state_to_numpy(model)
@@ -195,13 +137,13 @@ def train_round(
         epsilon=eps,
         privacy_delta=settings.delta if dp else None,
         noise_multiplier=sigma,
-        privacy_unit=unit if dp else None,
+        privacy_unit=sampling.unit if dp else None,
         dp=dp,
         losses=[float(v) for v in losses],
         seconds=time.perf_counter() - started,
-        steps=steps_taken,
-        resumed_from_epoch=resumed,
-        warnings=warnings,
+        steps=(total_epochs - done) * epoch_steps,
+        resumed_from_epoch=done,
+        warnings=sampling.warnings,
     )
 
 
@@ -231,58 +173,6 @@ def _check_inputs(shard: Shard, settings: TrainSettings, round_number: int) -> N
         raise ProtocolRefusal(f"round {round_number} is beyond the plan's {settings.rounds} rounds")
 
 
-def _noise_multiplier(ledger, settings, unit, q, epoch_steps, round_number, dp):
-    """The federation's noise multiplier: from the ledger, or calibrated once (not saved yet)."""
-    if ledger.non_private and dp:
-        raise BudgetExceededError(
-            f"federation {ledger.federation_id} was already trained without DP at this site",
-            hint="no privacy guarantee remains for it; use a new federation for DP training",
-        )
-    if not dp:
-        return None
-    if ledger.calibration is not None:
-        if ledger.unit != unit:
-            raise FedxrayError(
-                f"privacy unit changed: the ledger accounts per {ledger.unit}, "
-                f"this run would sample per {unit}"
-            )
-        if not math.isclose(ledger.delta, settings.delta, rel_tol=1e-12):
-            raise FedxrayError(
-                f"delta changed: the ledger uses {ledger.delta:g}, the plan says {settings.delta:g}"
-            )
-        return ledger.noise_multiplier
-    # Calibrated ONCE, for every round still ahead, to end exactly within the budget.
-    rounds_ahead = settings.rounds - round_number + 1
-    planned = rounds_ahead * settings.local_epochs * epoch_steps
-    sigma = accounting.calibrate_noise(settings.epsilon_budget, settings.delta, q, planned)
-    ledger.calibrate(
-        noise_multiplier=sigma,
-        delta=settings.delta,
-        unit=unit,
-        sample_rate=q,
-        steps_per_epoch=epoch_steps,
-        local_epochs=settings.local_epochs,
-        rounds=rounds_ahead,
-        first_round=int(round_number),
-        total_steps=planned,
-        target_epsilon=settings.epsilon_budget,
-        max_grad_norm=settings.max_grad_norm,
-    )
-    return sigma
-
-
-def _check_budget(ledger, settings, sigma, q, epoch_steps, remaining, round_number) -> None:
-    spent = ledger.epsilon()
-    after = ledger.epsilon(planned=[(sigma, q, epoch_steps * remaining)])
-    budget = settings.epsilon_budget
-    if after > budget * (1 + 1e-9):
-        which = "local cap" if budget < settings.target_epsilon else "plan's target"
-        raise BudgetExceededError(
-            f"round {round_number} would raise epsilon from {spent:.3g} to {after:.3g}, "
-            f"over the {which} {budget:g}; nothing was trained",
-        )
-
-
 def _class_weights(settings: TrainSettings, shard: Shard, dp: bool) -> torch.Tensor | None:
     cw = settings.class_weights
     if cw is None:
@@ -309,55 +199,21 @@ def _optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimiz
     )
 
 
-def _save(path, keys, epoch, losses, model, optimizer) -> None:
-    tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
-    for idx, st in optimizer.state_dict()["state"].items():
-        for name, v in st.items():
-            if isinstance(v, torch.Tensor):
-                tensors[f"opt/{idx}/{name}"] = v
-    checkpoint.save(Path(path), tensors, dict(keys, epoch=epoch, losses=losses))
-
-
-def _restore(path, keys, ledger, model, optimizer) -> tuple[int, list[float]]:
-    """Epochs done and their losses from a matching checkpoint; (0, []) when none."""
-    found = checkpoint.load(Path(path))
-    if found is None:
-        return 0, []
-    tensors, meta = found
-    if any(meta.get(k) != v for k, v in keys.items()):
-        return 0, []  # another global model, settings or data: start the round afresh
-    epoch = int(meta["epoch"])
-    if ledger.epochs_recorded(keys["round"]) < epoch:
-        return 0, []  # the ledger does not account for it: do not build on it
-    model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model/")}
-    model.load_state_dict(model_state, strict=True)
-    opt_state: dict[int, dict[str, torch.Tensor]] = {}
-    for k, v in tensors.items():
-        if k.startswith("opt/"):
-            _, idx, name = k.split("/", 2)
-            opt_state.setdefault(int(idx), {})[name] = v
-    if opt_state:
-        sd = optimizer.state_dict()
-        sd["state"] = opt_state
-        optimizer.load_state_dict(sd)
-    return epoch, [float(v) for v in meta["losses"]]
-
-
 # -- epochs -----------------------------------------------------------------------------------
 class _Batches:
-    """Turns image indices into model inputs (scaled, augmented, normalised) and labels."""
+    """Turns image indices into model inputs (the model's input view, augmented) and labels."""
 
     def __init__(self, shard, device, generator, settings):
         self.shard, self.device, self.generator = shard, device, generator
         self.labels = torch.from_numpy(np.asarray(shard.labels, dtype=np.int64))
         self.autocast = device.type == "cuda"
+        self.view = get_spec(settings.arch).input_view(1)
 
     def __call__(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         idx = np.sort(idx)
-        x = to_unit_range(self.shard.images[idx]).to(self.device, non_blocking=True)
-        if self.generator is not None:
-            x = augment(x, self.generator)
-        return normalize(x), self.labels[idx].to(self.device)
+        jitter = None if self.generator is None else lambda x: augment(x, self.generator)
+        x = self.view(self.shard.images[idx], self.device, jitter)
+        return x, self.labels[idx].to(self.device)
 
     def forward(self, model, x):
         if self.autocast:  # mixed precision on GPU only
@@ -373,30 +229,63 @@ def _losses(logits, y, weights) -> torch.Tensor:
     return loss
 
 
+class _Epochs:
+    """Runs one epoch at a time: the loop of ordinary training, with the private step (or a
+    plain one) and each epoch's randomness drawn from its own seeds."""
+
+    def __init__(self, model, optimizer, shard, settings, sampling, sigma, weights, device):
+        self.model, self.shard, self.settings, self.sampling = model, shard, settings, sampling
+        self.weights, self.device, self.dp = weights, device, sigma is not None
+        self.optimizer = optimizer
+        if self.dp:
+            self.optimizer = PrivateOptimizer(
+                optimizer,
+                DPEngine(model, settings.max_grad_norm),
+                noise_multiplier=sigma,
+                expected_batch_size=sampling.expected_batch_size,
+            )
+
+    def run(self, seeds: np.random.SeedSequence, step_done: Callable[[int], None]) -> float:
+        """Train one epoch; its mean loss. Sampling, augmentation and noise come from ``seeds``."""
+        rng = np.random.default_rng(seeds)
+        s_aug, s_noise = (int(x) for x in seeds.generate_state(2, dtype=np.uint64) >> 1)
+        jitter = torch.Generator().manual_seed(s_aug) if self.settings.augment else None
+        batches = _Batches(self.shard, self.device, jitter, self.settings)
+        self.model.train()
+        steps = self.sampling.steps_per_epoch
+        if not self.dp:
+            return _plain_epoch(
+                self.model, self.optimizer, batches, rng,
+                steps=steps, weights=self.weights, step_done=step_done,
+            )  # fmt: skip
+        self.optimizer.generator = torch.Generator(device=self.device).manual_seed(s_noise)
+        return _dp_epoch(
+            self.model, self.optimizer, batches, self.sampling.sampler, rng,
+            q=self.sampling.sample_rate, steps=steps,
+            physical=self.settings.physical_batch_size, weights=self.weights,
+            step_done=step_done,
+        )  # fmt: skip
+
+    def close(self) -> None:
+        if self.dp:
+            self.optimizer.engine.detach()
+
+
 def _dp_epoch(
-    model, engine, optimizer, batches, sampler, rng, gen_noise, *, q, steps, sigma,
-    settings, weights, step_done,
-) -> float:  # fmt: skip
-    """Poisson-sampled, clipped, noised steps; noise std sigma*C over the EXPECTED batch."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    expected = q * sampler.num_units
-    std = sigma * settings.max_grad_norm
+    model, optimizer, batches, sampler, rng, *, q, steps, physical, weights, step_done
+) -> float:
+    """Poisson-sampled private steps; the batch is processed ``physical`` examples at a time."""
     total, count = 0.0, 0
     for i in range(steps):
         idx = sampler.sample(rng, q)
-        optimizer.zero_grad(set_to_none=True)
-        for start in range(0, len(idx), settings.physical_batch_size):
-            x, y = batches(idx[start : start + settings.physical_batch_size])
-            losses, _ = engine.clipped_backward(
+        optimizer.zero_grad()
+        for start in range(0, len(idx), physical):
+            x, y = batches(idx[start : start + physical])
+            losses = optimizer.backward(
                 lambda x=x, y=y: _losses(batches.forward(model, x), y, weights)
             )
             total += float(losses.sum())
             count += len(y)
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            noise = torch.randn(p.shape, generator=gen_noise, device=p.device, dtype=p.dtype)
-            p.grad.add_(noise, alpha=std).div_(expected)
         optimizer.step()
         step_done(i + 1)
     return total / max(count, 1)

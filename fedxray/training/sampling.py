@@ -7,10 +7,18 @@ gradient clipping bounds the influence of a whole patient, however many images t
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from fedxray.data.shard import Shard
 from fedxray.errors import FedxrayError
+from fedxray.training import accounting
+
+if TYPE_CHECKING:
+    from fedxray.training.settings import TrainSettings
 
 PATIENT = "patient"
 IMAGE = "image"
@@ -57,3 +65,35 @@ class UnitSampler:
         chosen = np.flatnonzero(rng.random(self.num_units) < q)
         pick = (rng.random(chosen.shape[0]) * self.counts[chosen]).astype(np.int64)
         return self.order[self.starts[chosen] + pick]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How a round draws its batches: per unit (DP) or a shuffled pass (no DP)."""
+
+    unit: str
+    sampler: UnitSampler
+    sample_rate: float  # q: each unit's chance to be in a batch (1 without DP)
+    steps_per_epoch: int
+    warnings: list[str]
+
+    @property
+    def expected_batch_size(self) -> float:
+        return self.sample_rate * self.sampler.num_units
+
+
+def plan_sampling(shard: Shard, settings: TrainSettings, dp: bool) -> Sampling:
+    """Poisson sampling of privacy units at the plan's expected batch size under DP; without
+    DP, minibatches of the batch size over the images."""
+    unit = resolve_unit(shard, settings.privacy_unit) if dp else IMAGE
+    sampler = UnitSampler(shard, unit)
+    if not dp:
+        return Sampling(unit, sampler, 1.0, math.ceil(len(shard) / settings.batch_size), [])
+    q, steps = accounting.steps_per_epoch(sampler.num_units, settings.batch_size)
+    warnings = []
+    if settings.delta >= 1.0 / sampler.num_units:
+        warnings.append(
+            f"delta={settings.delta:g} is not below 1/{sampler.num_units} "
+            f"({unit}s at this site): the guarantee is weak"
+        )
+    return Sampling(unit, sampler, q, steps, warnings)

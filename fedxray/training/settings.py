@@ -1,4 +1,4 @@
-"""Training settings, taken from the federation plan (plus the site's own stricter cap)."""
+"""Training settings: the plan's model, training and DP settings, plus the site's own cap."""
 
 from __future__ import annotations
 
@@ -9,9 +9,12 @@ import math
 from dataclasses import dataclass
 
 from fedxray.errors import FedxrayError
-from fedxray.models.registry import MODEL_NAMES
+from fedxray.models.registry import model_names
+from fedxray.settings import FederationSettings
 
 OPTIMIZERS = ("sgd", "adam")
+# Plan settings that training knows under another name; the rest keep their names.
+_FROM_PLAN = {"dp.epsilon": "target_epsilon"}
 
 
 @dataclass(frozen=True)
@@ -47,8 +50,8 @@ class TrainSettings:
         def bad(msg: str) -> FedxrayError:
             return FedxrayError(f"invalid training settings: {msg}")
 
-        if self.arch not in MODEL_NAMES:
-            raise bad(f"unknown arch {self.arch!r} (choose {', '.join(MODEL_NAMES)})")
+        if self.arch not in model_names():
+            raise bad(f"unknown arch {self.arch!r} (choose {', '.join(model_names())})")
         if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
             raise bad("need at least two distinct classes")
         for name in ("image_size", "local_epochs", "rounds", "batch_size", "physical_batch_size"):
@@ -77,6 +80,21 @@ class TrainSettings:
             len(cw) != len(self.classes) or not all(math.isfinite(w) and w > 0 for w in cw)
         ):
             raise bad("class_weights needs one positive weight per class")
+
+    @classmethod
+    def from_plan(
+        cls, plan: FederationSettings, local_epsilon_cap: float | None = None
+    ) -> TrainSettings:
+        """The plan's settings that training uses: every field of the plan's model, training
+        and dp sections whose name (or renamed form) is a field here."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        values: dict = {"classes": plan.classes, "local_epsilon_cap": local_epsilon_cap}
+        for section in ("model", "training", "dp"):
+            for name, value in getattr(plan, section).to_dict().items():
+                name = _FROM_PLAN.get(f"{section}.{name}", name)
+                if name in known:
+                    values[name] = value
+        return cls(**values)
 
     @property
     def epsilon_budget(self) -> float:

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from fedxray.artifact import build_artifact
+from fedxray.artifact import build_artifact, read_header
 from fedxray.data.shard_io import read_shard
 from fedxray.errors import FedxrayError, ProtocolRefusal
+from fedxray.filenames import round_file
+from fedxray.fsio import check_writable, read_input, write_atomic
 from fedxray.keys import PrivateIdentity
 from fedxray.modelfile import load_model_artifact
 from fedxray.plan import Plan
+from fedxray.steps.shared import Party
 from fedxray.training.loop import Progress, RoundResult, train_round
 from fedxray.training.settings import TrainSettings
 
@@ -23,31 +26,13 @@ def default_ledger_path(key_path: str | os.PathLike, plan: Plan) -> Path:
     return key_path.with_name(f"{key_path.stem}-{plan.name}.ledger")
 
 
-def settings_from_plan(plan: Plan, local_epsilon_cap: float | None = None) -> TrainSettings:
-    t, dp, m = plan.training, plan.dp, plan.model
-    return TrainSettings(
-        arch=m["arch"],
-        image_size=int(m["image_size"]),
-        classes=tuple(plan.classes),
-        local_epochs=int(t["local_epochs"]),
-        rounds=int(t["rounds"]),
-        batch_size=int(t["batch_size"]),
-        lr=float(t["lr"]),
-        momentum=float(t.get("momentum", 0.9)),
-        weight_decay=float(t.get("weight_decay", 0.0)),
-        optimizer=str(t.get("optimizer", "sgd")),
-        target_epsilon=float(dp["epsilon"]),
-        delta=float(dp["delta"]),
-        max_grad_norm=float(dp["max_grad_norm"]),
-        local_epsilon_cap=local_epsilon_cap,
-    )
-
-
-@dataclass
+@dataclass(frozen=True)
 class LocalRound:
-    update: bytes
+    update: bytes  # the signed .update file (it stays at the site)
     result: RoundResult
     round: int
+    path: Path | None = None  # where the update was written
+    ledger: Path | None = None  # the privacy ledger the round was recorded in
 
     def summary(self) -> dict:
         r = self.result
@@ -86,20 +71,21 @@ def train_local(
     plan.require_site(key)
     model = load_model_artifact(model_bytes, plan, what="global model")
     r = model.header.round
-    rounds = int(plan.training["rounds"])
+    rounds = plan.settings.training.rounds
     if not 1 <= r <= rounds:
         raise ProtocolRefusal(f"the global model is for round {r}; the plan has {rounds} rounds")
-    if not dp and not plan.dp.get("allow_no_dp", False):
+    if not dp and not plan.settings.dp.allow_no_dp:
         raise ProtocolRefusal(
-            "the plan forbids non-private updates (--no-dp)",
-            hint="the coordinator must create the federation with --allow-no-dp",
+            "the plan forbids non-private updates",
+            hint="the coordinator must create the federation allowing them",
+            option="allow_no_dp",
         )
     if local_epsilon_cap is not None and local_epsilon_cap <= 0:
-        raise FedxrayError("--max-epsilon must be positive")
+        raise FedxrayError("the local epsilon cap must be positive", option="max_epsilon")
     shard = read_shard(shard_path)
     if checkpoint_dir is not None:
         Path(checkpoint_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
-    settings = settings_from_plan(plan, local_epsilon_cap)
+    settings = TrainSettings.from_plan(plan.settings, local_epsilon_cap)
     result = train_round(
         dict(model.tensors),
         shard,
@@ -133,5 +119,32 @@ def train_local(
         meta=meta,
         tensors=result.delta,
         signer=key,
-    )
+    ).data
     return LocalRound(update, result, r)
+
+
+def train_file(
+    model: Path, shard: Path, me: Party, *, output=None, ledger=None, force=False, **options
+) -> LocalRound:
+    """:func:`train_local` from a model file to ``output``, by default SITE-round-NNNN.update
+    beside the model; the ledger defaults to KEY-PLAN.ledger beside the key, checkpoints go
+    to a hidden folder beside the ledger."""
+    plan, key = me.plan, me.identity
+    plan.require_site(key)
+    model_bytes = read_input(model, "global model")
+    r = read_header(model_bytes, str(model)).round
+    out = output or model.with_name(round_file("update", r, key.name))
+    check_writable(out, force=force)
+    ledger_path = ledger or default_ledger_path(me.key_path, plan)
+    checkpoints = Path(ledger_path).with_name(f".{key.name}-checkpoints")
+    local = train_local(
+        model_bytes,
+        shard,
+        plan,
+        key,
+        ledger_path=ledger_path,
+        checkpoint_dir=checkpoints,
+        **options,
+    )
+    write_atomic(out, local.update, force=force)
+    return replace(local, path=out, ledger=Path(ledger_path))

@@ -1,4 +1,4 @@
-"""What `inspect` and `verify` know about a file, without the CLI."""
+"""The `inspect` and `verify` steps: what a file says about itself, and whether it is genuine."""
 
 from __future__ import annotations
 
@@ -6,9 +6,14 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedxray.artifact import KINDS, load_artifact, parse_unverified
+from fedxray.artifact import KINDS, parse_unverified, read_header
+from fedxray.cards import card_from_bytes
 from fedxray.errors import FedxrayError, VerificationError
-from fedxray.keys import KEY_FORMAT
+from fedxray.fsio import input_name
+from fedxray.keys import KEY_FORMAT, PrivateIdentity
+from fedxray.modelfile import load_model_artifact
+from fedxray.plan import plan_from_bytes
+from fedxray.verification import load_artifact
 
 SUFFIX_KIND = {suffix: kind for kind, suffix in KINDS.items()}
 
@@ -44,6 +49,10 @@ class Verdict:
     message: str = ""
     details: dict = field(default_factory=dict)
 
+    def to_dict(self) -> dict:
+        return {"ok": self.ok, "kind": self.kind, "sender": self.sender, "round": self.round,
+                **self.details}  # fmt: skip
+
 
 def verify_file(
     data: bytes,
@@ -53,14 +62,11 @@ def verify_file(
     kind: str | None = None,
     round_number: int | None = None,
     sender: str | None = None,
-    site_key=None,
+    site_key: PrivateIdentity | None = None,
     fingerprint: str | None = None,
 ) -> Verdict:
     """Check signature and provenance; raises VerificationError with the reason on failure."""
-    from fedxray.modelfile import load_model_artifact
-    from fedxray.plan import card_from_bytes, plan_from_bytes
-
-    what = Path(path).name if path != "-" else "standard input"
+    what = input_name(path)
     kind = kind or expected_kind(path)
     if kind == "card":
         ident = card_from_bytes(data, what)
@@ -86,11 +92,11 @@ def verify_file(
         )
     if plan_data is None:
         raise FedxrayError(
-            f"verifying a {kind or 'fedxray'} file needs the plan", hint="pass --plan FILE"
+            f"verifying a {kind or 'fedxray'} file needs the plan", hint="name it", option="plan"
         )
     plan = plan_from_bytes(plan_data, "plan")
     if kind is None:
-        kind = parse_unverified(data, what)[0].header.kind
+        kind = read_header(data, what).kind
     if kind == "model":
         art = load_model_artifact(data, plan, round_number=round_number, what=what)
     else:

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save
 
 from fedxray.errors import FedxrayError, ProtocolRefusal
 from fedxray.fsio import write_atomic
@@ -45,12 +47,10 @@ def load_server_state(
             raise FedxrayError(
                 f"server state {path} is missing, but round {round_number} continues a "
                 f"{cfg.optimizer} run",
-                hint="restore the file, or start the optimiser state afresh on purpose "
-                "(fedxray unmask --fresh-server-state)",
+                hint="restore the file, or start the optimiser state afresh on purpose",
+                option="fresh_server_state",
             )
         return {}
-    from safetensors import SafetensorError, safe_open
-
     try:
         with safe_open(str(path), framework="np") as f:
             info = f.metadata() or {}
@@ -87,8 +87,6 @@ def save_server_state(
     after: Mapping[str, np.ndarray],
 ) -> None:
     """Record the state before and after ``round_number`` (written atomically, mode 0600)."""
-    from safetensors.numpy import save
-
     tensors = {f"before/{k}": np.ascontiguousarray(v) for k, v in before.items()}
     tensors.update({f"after/{k}": np.ascontiguousarray(v) for k, v in after.items()})
     info = {

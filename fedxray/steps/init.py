@@ -1,4 +1,4 @@
-"""Setting up a federation: the coordinator's key and card, the plan, the first global model."""
+"""The `init` step: the coordinator's key and card, the signed plan, the first global model."""
 
 from __future__ import annotations
 
@@ -7,41 +7,48 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load as st_load
 
 from fedxray import keys
+from fedxray.cards import card_from_bytes
 from fedxray.errors import FedxrayError
+from fedxray.filenames import round_file
 from fedxray.fsio import check_writable, read_input, write_atomic
-from fedxray.modelfile import build_model_artifact, model_filename
-from fedxray.plan import card_bytes, create_plan, plan_from_bytes
+from fedxray.modelfile import build_model_artifact
+from fedxray.models.registry import build_model, state_to_numpy
+from fedxray.plan import create_plan, plan_from_bytes
+from fedxray.settings import FederationSettings
+from fedxray.steps.identity import Identity, ensure_identity
+from fedxray.training.dp_engine import private_layers
 
 COORDINATOR = "coordinator"
 
 
-@dataclass
+@dataclass(frozen=True)
 class InitResult:
     plan_path: Path
     model_path: Path
-    key_path: Path
-    card_path: Path
-    key_created: bool
+    coordinator: Identity
     plan_summary: dict
     pretrained: dict | None
     warnings: list[str]
 
-
-def ensure_identity(name: str, folder: Path) -> tuple[keys.PrivateIdentity, Path, Path, bool]:
-    """Load NAME.key from folder, or create it (and NAME.pub) if absent. Keys are never replaced."""
-    key_path, card_path = folder / f"{name}.key", folder / f"{name}.pub"
-    if key_path.exists():
-        ident = keys.load_private_key(key_path)
-        if not card_path.exists():
-            write_atomic(card_path, card_bytes(ident))
-        return ident, key_path, card_path, False
-    ident = keys.generate(name)
-    check_writable(card_path)
-    keys.save_private_key(ident, key_path)
-    write_atomic(card_path, card_bytes(ident))
-    return ident, key_path, card_path, True
+    def to_dict(self) -> dict:
+        s = self.plan_summary
+        return {
+            "plan": str(self.plan_path),
+            "model": str(self.model_path),
+            "coordinator_key": str(self.coordinator.key_path),
+            "coordinator_card": str(self.coordinator.card_path),
+            "key_created": self.coordinator.created,
+            "federation": s["federation"],
+            "coordinator_fingerprint": s["coordinator"]["fingerprint"],
+            "sites": s["sites"],
+            "settings": s["settings"],
+            "pretrained": self.pretrained,
+            "warnings": self.warnings,
+        }
 
 
 def load_pretrained(
@@ -52,9 +59,6 @@ def load_pretrained(
     Tensors are taken by name where the shape matches; a 3-channel first convolution is summed
     to one channel for greyscale input. Returns (weights, report).
     """
-    from safetensors import SafetensorError
-    from safetensors.numpy import load as st_load
-
     data = read_input(path, "pretrained weights")
     try:
         src = st_load(data)
@@ -101,33 +105,31 @@ def initialise(
     name: str,
     out_dir: Path,
     site_card_files: list[Path],
-    settings: dict,
+    settings: FederationSettings,
     *,
     init_weights: Path | None = None,
     seed: int | None = None,
     force: bool = False,
 ) -> InitResult:
-    from fedxray.models.registry import build_model, state_to_numpy
-    from fedxray.plan import card_from_bytes
-
+    """Create the federation in ``out_dir``; the plan is written last, so a failed init never
+    leaves a plan without its model."""
     keys.check_name(name)
     if not site_card_files:
-        raise FedxrayError(
-            "no site cards given", hint="fedxray init --name NAME -o DIR A.pub B.pub C.pub"
-        )
+        raise FedxrayError("no site cards given", hint="name the sites' .pub files")
     sites = [card_from_bytes(read_input(p, "site card"), what=str(p)) for p in site_card_files]
     out_dir.mkdir(parents=True, exist_ok=True)
-    plan_path, model_path = out_dir / f"{name}.plan", out_dir / model_filename(1)
+    plan_path, model_path = out_dir / f"{name}.plan", out_dir / round_file("model", 1)
     for p in (plan_path, model_path):
         check_writable(p, force=force)
-    ident, key_path, card_path, created = ensure_identity(COORDINATOR, out_dir)
+    coordinator = ensure_identity(COORDINATOR, out_dir)
+    ident = coordinator.identity
     plan_data = create_plan(name, ident, sites, settings)
     plan = plan_from_bytes(plan_data)
 
-    m = plan.model
-    model = build_model(
-        m["arch"], m["image_size"], len(plan.classes), m.get("in_channels", 1), seed=seed
-    )
+    m = plan.settings.model
+    model = build_model(m.arch, m.image_size, len(plan.settings.classes), m.in_channels, seed=seed)
+    if plan.settings.dp.enabled:
+        _check_private_training(model, m.arch)
     weights = state_to_numpy(model)
     pretrained = None
     if init_weights is not None:
@@ -138,7 +140,7 @@ def initialise(
         "init": "pretrained" if pretrained else "random",
         "pretrained": pretrained,
     }
-    model_data = build_model_artifact(
+    model = build_model_artifact(
         plan,
         round_number=1,
         weights=weights,
@@ -147,17 +149,24 @@ def initialise(
         signer=ident,
     )
     # The plan goes last: a half-finished init never leaves a plan without its model.
-    write_atomic(model_path, model_data, force=force)
+    write_atomic(model_path, model.data, force=force)
     write_atomic(plan_path, plan_data, force=force)
-    from fedxray.plan import settings_warnings
-
     return InitResult(
         plan_path,
         model_path,
-        key_path,
-        card_path,
-        created,
+        coordinator,
         plan.summary(),
         pretrained,
-        settings_warnings(plan.settings),
+        plan.settings.warnings(),
     )
+
+
+def _check_private_training(model, arch: str) -> None:
+    """The plan asks for DP-SGD: every trainable layer must be one the DP engine can clip."""
+    try:
+        private_layers(model)
+    except FedxrayError as e:
+        raise FedxrayError(
+            f"model {arch} cannot be trained with differential privacy: {e.message}",
+            hint="use layers the DP engine supports (Conv2d, Linear, GroupNorm)",
+        ) from None
