@@ -192,7 +192,19 @@ def load_private_key(path: str | os.PathLike) -> PrivateIdentity:
             _unb64(d["secret"], 32, "key file"),
         )
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-        raise FedxrayError(
-            f"{p} is not a fedxray private key file",
-            hint="private keys end in .key; public site cards (.pub) cannot sign",
-        ) from None
+        raise _not_a_key(p, data) from None
+
+
+def _not_a_key(p: Path, data: bytes) -> FedxrayError:
+    """Why a key file did not load, with the hint that fits what the file is."""
+    if KEY_FORMAT.encode() in data[:200]:
+        return FedxrayError(
+            f"{p} is a damaged or truncated private key file",
+            hint="restore it from its backup; a lost key cannot be made again",
+        )
+    if p.suffix == ".pub" or data[8:9] == b"{":  # a site card (a signed safetensors file)
+        return FedxrayError(
+            f"{p} is not a private key file", hint="public site cards (.pub) cannot sign"
+        )
+    hint = None if p.suffix == ".key" else "private keys end in .key"
+    return FedxrayError(f"{p} is not a fedxray private key file", hint=hint)
