@@ -47,10 +47,10 @@ from fedxray.audit import (  # noqa: E402
 )
 from fedxray.data.prep import prepare  # noqa: E402
 from fedxray.data.shard import Shard  # noqa: E402
+from fedxray.data.split import holdout_split, patient_keys, subset  # noqa: E402
 from fedxray.models.registry import build_model, state_to_numpy  # noqa: E402
 from fedxray.settings import DEFAULT_CLASSES  # noqa: E402
 from fedxray.simulation.runner import Simulation, SimulationConfig  # noqa: E402
-from fedxray.simulation.split import holdout_split, patient_keys, subset  # noqa: E402
 from fedxray.training.settings import TrainSettings  # noqa: E402
 
 SAMPLE = REPO / "sample_data"

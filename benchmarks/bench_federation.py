@@ -7,7 +7,7 @@
 
 The images are prepared once (with a fixed pseudonym secret, so that every invocation holds
 out the same patients), 15% of the patients are held out (stratified,
-fedxray.simulation.split.holdout_split) and the rest are split by patient over the sites
+fedxray.data.split.holdout_split) and the rest are split by patient over the sites
 (split_sites). Every run starts from the same initial weights (those of the federation's
 round-1 model) and makes the same number of passes, rounds x local epochs, over the data:
 
@@ -49,12 +49,13 @@ import torch  # noqa: E402
 from fedxray.data.prep import prepare  # noqa: E402
 from fedxray.data.shard import Shard  # noqa: E402
 from fedxray.data.shard_io import read_shard, write_shard  # noqa: E402
+from fedxray.data.split import holdout_split, patient_keys  # noqa: E402
 from fedxray.evaluation.inference import predict_proba  # noqa: E402
 from fedxray.evaluation.report import evaluate  # noqa: E402
 from fedxray.models.registry import build_model, load_numpy_state, state_to_numpy  # noqa: E402
 from fedxray.settings import DEFAULT_CLASSES  # noqa: E402
 from fedxray.simulation.runner import Simulation, SimulationConfig  # noqa: E402
-from fedxray.simulation.split import holdout_split, patient_keys, split_sites  # noqa: E402
+from fedxray.simulation.split import split_sites  # noqa: E402
 from fedxray.training.loop import train_round  # noqa: E402
 from fedxray.training.settings import TrainSettings  # noqa: E402
 

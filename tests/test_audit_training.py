@@ -22,9 +22,9 @@ from fedxray.audit import (
     draw_canaries,
 )
 from fedxray.data.prep import prepare
+from fedxray.data.split import patient_keys, subset
 from fedxray.models import build_model, load_numpy_state, state_to_numpy
 from fedxray.simulation.runner import SimulationConfig
-from fedxray.simulation.split import patient_keys, subset
 from fedxray.training.loop import train_round
 from fedxray.training.settings import TrainSettings
 

@@ -7,10 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from fedxray.simulation.courier import TRAVELLING_SUFFIXES
+from fedxray.data.shard_io import read_shard
+from fedxray.errors import FedxrayError
+from fedxray.simulation.courier import TRAVELLING_SUFFIXES, Courier
 from tests.cli_helpers import run_cli
 
 NEVER_TRAVEL = {".key", ".shard", ".ledger", ".update"}
+CANARIES = 20
 
 
 @pytest.fixture(scope="module")
@@ -19,6 +22,7 @@ def run(tmp_path_factory):
     r = run_cli(
         "simulate", "-o", out, "--rounds", "2", "--local-epochs", "1", "--image-size", "16",
         "--bootstrap", "20", "--drop", "hospital-c@2", "--min-sites", "2", "--json",
+        "--audit-canaries", str(CANARIES),
     )  # fmt: skip
     assert r.code == 0, r.err
     return out, json.loads(r.out)
@@ -74,6 +78,31 @@ def test_courier_log_lists_only_travelling_files(run):
     assert "hospital-c-round-0002.masked" not in files
     assert {"hospital-a-round-0002.reveal", "hospital-b-round-0002.reveal"} <= files
     assert "hospital-c-round-0001.masked" in files
+
+
+def test_canary_bookkeeping_stays_at_its_site(run):
+    out, doc = run
+    site = out / "sites" / "hospital-a"
+    files = {site / "hospital-a.canaries.json", site / "hospital-a.canaries.shard"}
+    assert set(out.rglob("*canaries*")) == files  # nowhere else, no copy in any inbox
+    for f in files:
+        assert f.stat().st_mode & 0o777 == 0o600
+        with pytest.raises(FedxrayError, match="never leaves its site"):
+            Courier(out / "unused.log").carry(f, out / "coordinator")
+    trips = (out / "courier.log").read_text()
+    assert "canaries" not in trips
+    record = json.loads((site / "hospital-a.canaries.json").read_text())
+    assert len(record["patients"]) == CANARIES and record["source"] == "secrets"
+    # The canaries left out are not in the training shard; the included ones are.
+    train = set(read_shard(site / "hospital-a.shard").patients)
+    for patient, included in zip(record["patients"], record["included"], strict=True):
+        assert (patient in train) == included
+    audit = doc["canary_audit"]
+    assert audit["site"] == "hospital-a" and audit["canaries"] == CANARIES
+    assert audit["included"] == sum(record["included"])
+    assert audit["accountant"]["source"] == "ledger" and audit["accountant"]["rounds"] == 2
+    assert audit["epsilon_lower"] < audit["accountant_epsilon"] <= 8.0
+    assert json.loads((out / "report.json").read_text())["canary_audit"] == audit
 
 
 def test_every_artifact_verifies(run):

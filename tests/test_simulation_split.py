@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from fedxray.data.shard import Shard
-from fedxray.simulation.split import holdout_split, split_sites
+from fedxray.data.split import holdout_split
+from fedxray.simulation.split import split_sites
 
 
 def _shard(n_patients=60, per_patient=3, seed=0):

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedxray.data.shard import Shard
+from fedxray.data.split import patient_keys, subset
 from fedxray.errors import FedxrayError
-from fedxray.simulation.split import patient_keys, subset
 
 SEEDED = "seeded"
 SECRETS = "secrets"

@@ -19,13 +19,14 @@ import torch
 from torch import nn
 
 from fedxray.data.shard import Shard
+from fedxray.data.split import subset
 from fedxray.evaluation.inference import images_to_tensor, resolve_device
 from fedxray.models.registry import build_model, load_numpy_state
-from fedxray.simulation.split import subset
 from fedxray.training.settings import TrainSettings
 
 Trainer = Callable[[Shard, int], nn.Module]
 Progress = Callable[[int, int], None]
+View = Callable[[np.ndarray], torch.Tensor]  # a model's input view (ModelSpec.input_view)
 
 
 def model_logits(
@@ -35,8 +36,12 @@ def model_logits(
     channels: int = 1,
     batch_size: int = 256,
     device: str | torch.device = "cpu",
+    view: View | None = None,
 ) -> np.ndarray:
-    """Raw outputs float64 [N, classes] in eval mode (the model's mode is restored)."""
+    """Raw outputs float64 [N, classes] in eval mode (the model's mode is restored).
+
+    ``view`` turns images into the model's input (default: scaled, ``channels`` channels).
+    """
     dev = resolve_device(device)
     was_training = model.training
     model.to(dev).eval()
@@ -44,7 +49,8 @@ def model_logits(
     try:
         with torch.no_grad():
             for start in range(0, len(images), batch_size):
-                x = images_to_tensor(images[start : start + batch_size], channels).to(dev)
+                batch = images[start : start + batch_size]
+                x = (images_to_tensor(batch, channels) if view is None else view(batch)).to(dev)
                 out.append(model(x).double().cpu().numpy())
     finally:
         model.train(was_training)
@@ -98,6 +104,7 @@ def reference_logits(
     rng: np.random.Generator,
     channels: int = 1,
     device: str | torch.device = "cpu",
+    view: View | None = None,
     progress: Progress | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(logits [R, N, C], out_mask [R, N]) of ``n_models`` reference models on ``images``.
@@ -124,7 +131,7 @@ def reference_logits(
         chosen = patients[half if r % 2 == 0 else ~half]
         train = subset(non_members, np.flatnonzero(np.isin(keys, chosen)))
         model = trainer(train, int(rng.integers(2**62)))
-        logits.append(model_logits(model, images, channels=channels, device=device))
+        logits.append(model_logits(model, images, channels=channels, device=device, view=view))
         out_mask.append(~np.isin(units, chosen))
         if progress is not None:
             progress(r + 1, n_models)

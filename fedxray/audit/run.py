@@ -13,13 +13,13 @@ from torch import nn
 from fedxray.audit import lira
 from fedxray.audit.canaries import CanarySet
 from fedxray.audit.hypothesis import epsilon_lower_bound
-from fedxray.audit.models import Progress, Trainer, model_logits, reference_logits
+from fedxray.audit.models import Progress, Trainer, View, model_logits, reference_logits
 from fedxray.audit.one_run import one_run_audit
 from fedxray.audit.report import ATTACKS, LIRA, LOSS, AuditReport, CanaryReport
 from fedxray.audit.roc import DEFAULT_FPRS, attack_auc, tpr_at_fpr
 from fedxray.data.shard import Shard
+from fedxray.data.split import patient_keys
 from fedxray.errors import FedxrayError
-from fedxray.simulation.split import patient_keys
 
 DEFAULT_REFERENCE_MODELS = 8
 DEFAULT_CONFIDENCE = 0.95
@@ -86,6 +86,7 @@ def audit_membership(
     seed: int | None = None,
     channels: int = 1,
     device: str | torch.device = "cpu",
+    view: View | None = None,
     progress: Progress | None = None,
 ) -> AuditReport:
     """Membership inference on ``model``: members (trained on) against non-members (not).
@@ -93,6 +94,7 @@ def audit_membership(
     Scores are per image, averaged per patient; the patient is the unit tested. LiRA needs
     ``trainer`` (e.g. FedxrayTrainer) to train ``reference_models`` local models on halves of
     the non-members. ``delta`` is the plan's; ``accountant_epsilon`` is shown beside the bound.
+    ``view``: the model's input view (default: images scaled, with ``channels`` channels).
     """
     started = time.perf_counter()
     if attack not in ATTACKS:
@@ -115,14 +117,14 @@ def audit_membership(
     images = np.concatenate([members.images, non_members.images])
     labels = np.concatenate([members.labels, non_members.labels]).astype(np.int64)
     units = np.concatenate([m_units, n_units])
-    target = model_logits(model, images, channels=channels, device=device)
+    target = model_logits(model, images, channels=channels, device=device, view=view)
     if attack == LOSS:
         scores = lira.loss_scores(target, labels)
         n_ref = 0
     else:
         ref, out_mask = reference_logits(
             trainer, non_members, n_units, images, units, n_models=reference_models, rng=rng,
-            channels=channels, device=device, progress=progress,
+            channels=channels, device=device, view=view, progress=progress,
         )  # fmt: skip
         ref_phi = np.stack([lira.logit_confidence(r, labels) for r in ref])
         scores = lira.lira_offline_scores(lira.logit_confidence(target, labels), ref_phi, out_mask)
@@ -150,9 +152,10 @@ def canary_scores(
     *,
     channels: int = 1,
     device: str | torch.device = "cpu",
+    view: View | None = None,
 ) -> np.ndarray:
     """One loss score per canary (mean log-probability of its wrong label), in canary order."""
-    logits = model_logits(model, canary_shard.images, channels=channels, device=device)
+    logits = model_logits(model, canary_shard.images, channels=channels, device=device, view=view)
     scores = lira.loss_scores(logits, canary_shard.labels)
     uniq, per_unit = lira.unit_means(scores, patient_keys(canary_shard).astype(str))
     where = {u: i for i, u in enumerate(uniq.tolist())}
@@ -173,10 +176,13 @@ def audit_canaries(
     guess_counts: Sequence[tuple[int, int]] | None = None,
     channels: int = 1,
     device: str | torch.device = "cpu",
+    view: View | None = None,
 ) -> CanaryReport:
     """The one-run audit of a model trained on ``apply_canaries``' training shard."""
     started = time.perf_counter()
-    scores = canary_scores(model, canary_shard, canaries, channels=channels, device=device)
+    scores = canary_scores(
+        model, canary_shard, canaries, channels=channels, device=device, view=view
+    )
     result = one_run_audit(
         scores, canaries.included, delta=delta, confidence=confidence, guess_counts=guess_counts
     )

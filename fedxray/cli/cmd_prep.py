@@ -26,6 +26,11 @@ EXAMPLES = {
             "--labels test-labels.csv -o test.shard",
         ),
         (
+            "Hold out 20% of the patients (hospital-a.holdout.shard) as non-members for "
+            "`fedxray audit`",
+            "fedxray prep /data/xray/train --plan pneumo.plan --key hospital-a.key --holdout 0.2",
+        ),
+        (
             "Before a federation exists: 64 px, two classes, the report as JSON",
             "fedxray prep sample_data/hospital-a -o a.shard --size 64 "
             "--classes normal,pneumonia --json",
@@ -105,6 +110,26 @@ def prep(
             "published test set, which must keep its size. Not for training shards.",
         ),
     ] = False,
+    holdout: Annotated[
+        float | None,
+        typer.Option(
+            "--holdout",
+            metavar="FRACTION",
+            help="Hold out this fraction of the patients (0 to 1, stratified by class): "
+            "their images go to a second shard, never into the training shard; for "
+            "`fedxray audit --non-members`.",
+            show_default=False,
+        ),
+    ] = None,
+    holdout_output: Annotated[
+        Path | None,
+        typer.Option(
+            "--holdout-output",
+            metavar="FILE",
+            help="Where the held-out patients go. Default: SITE.holdout.shard beside the shard.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Prepare a site's radiographs: decode, label, de-identify, write one shard file.
 
@@ -127,6 +152,11 @@ def prep(
     blank, random noise, a smooth gradient or a colour picture. An input without a single
     usable image is an error, and then nothing is written. The shard is written only when
     everything succeeded (mode 0600; it never leaves the site).
+
+    With --holdout, a fraction of the patients (all their images) is split off into a
+    second shard, written with the first or not at all: patients the model will never see,
+    against whom `fedxray audit` measures what it leaks. With --key the same images give
+    the same split in every run.
     """
     from fedxray.steps.prep import prep_files
 
@@ -162,10 +192,12 @@ def prep(
             label_mode=_label_mode(labels),
             workers=workers,
             keep_duplicates=keep_duplicates,
+            holdout=holdout,
+            holdout_output=holdout_output,
             force=run.force,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
-    run.done(res.to_dict(), lambda: _render(run.ui, res.report, res.output))
+    run.done(res.to_dict(), lambda: _render(run.ui, res.report, res.output, res.holdout))
 
 
 def _agree_with_plan(
@@ -197,7 +229,7 @@ def _label_mode(labels: str) -> str | Path:
     return path
 
 
-def _render(ui: Ui, report, output: Path) -> None:
+def _render(ui: Ui, report, output: Path, holdout=None) -> None:
     rows: list[tuple] = [("files seen", report.files_seen)]
     for source in dict.fromkeys(report.label_sources.values()):
         rows.append(("labels from", _SOURCE_NAMES.get(source, source)))
@@ -206,7 +238,10 @@ def _render(ui: Ui, report, output: Path) -> None:
     for reason, n in report.skipped_counts().items():
         rows.append((f"skipped: {reason}", n))
     ui.table(
-        escape(f"{report.total_kept} images at {report.image_size} px into {output}"),
+        escape(
+            f"{report.total_kept} images at {report.image_size} px"
+            + ("" if holdout is not None else f" into {output}")
+        ),
         [(escape(str(a)), escape(str(b))) for a, b in rows],
     )
     if report.skipped:
@@ -225,7 +260,15 @@ def _render(ui: Ui, report, output: Path) -> None:
             "note: no --key: pseudonyms are random, so they match no other shard and reader "
             "CSVs cannot name files"
         )
-    ui.info(escape(f"wrote {output} ({report.seconds:.1f} s; it stays at this site)"))
+    if holdout is not None:
+        for what, part in (("training", holdout.training), ("held out", holdout.held_out)):
+            ui.info(
+                escape(f"{what}: {part.images} images of {part.patients} patients in {part.file}")
+            )
+        written = f"{output} and {holdout.held_out.file} ({report.seconds:.1f} s; they stay"
+    else:
+        written = f"{output} ({report.seconds:.1f} s; it stays"
+    ui.info(escape(f"wrote {written} at this site)"))
 
 
 def register(app: typer.Typer) -> None:

@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from fedxray.cli.common import PLAN_OPTIONS, DeviceOpt, Run, command
-from fedxray.cli.render import render_report
+from fedxray.cli.common import PLAN_OPTIONS, DeviceOpt, Run, Ui, command
+from fedxray.cli.render import render_audit_alert, render_report
 from fedxray.errors import FedxrayError
 from fedxray.simulation.runner import Simulation, SimulationConfig
 
@@ -29,6 +29,10 @@ EXAMPLES = {
         (
             "hospital-b drops out of round 2, strict mode",
             "fedxray simulate -o run2 --strict --drop hospital-b@2",
+        ),
+        (
+            "Audit the final model with 40 canary patients at hospital-a (one run)",
+            "fedxray simulate -o run4 --audit-canaries 40",
         ),
         (
             "Your own images split across 4 sites with class skew",
@@ -81,7 +85,24 @@ def simulate(
     bootstrap: Annotated[
         int, typer.Option("--bootstrap", help="Bootstrap resamples of the final report.")
     ] = 1000,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for data split and training.")] = 0,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            "--seed",
+            help="Seed for data split and training (default 0); given, it also draws the canaries.",
+            show_default=False,
+        ),
+    ] = None,
+    audit_canaries: Annotated[
+        int,
+        typer.Option(
+            "--audit-canaries",
+            min=0,
+            metavar="K",
+            help="Plant K canary patients (wrong labels, each trained on or not by a fair coin) "
+            "at the first site, and audit the final model with them there.",
+        ),
+    ] = 0,
     workers: Annotated[
         int | None, typer.Option("--workers", help="Decoding processes (default: all cores).")
     ] = None,
@@ -94,6 +115,14 @@ def simulate(
     courier.log. Prints, per round, each site's loss and privacy spent, the time spent in
     training, mask, aggregate and unmask, and the global model's metrics on held-out data;
     ends with the evaluation report (also in RUNDIR/report.json).
+
+    With --audit-canaries K, K patients of the first site become canaries: all their images
+    get a wrong label, and each is trained on or left out by a fair coin from the operating
+    system's entropy (from --seed when given). After the last round that site audits the
+    final model with them (Steinke, Nasr & Jagielski 2023: privacy auditing with one training
+    run) and the report shows the epsilon the audit proves (a lower bound, 95%) next to the
+    epsilon the site's ledger says it spent. The canaries' images and coins stay in that
+    site's folder; the courier never carries them.
     """
     cfg = SimulationConfig(
         out=output,
@@ -102,16 +131,24 @@ def simulate(
         dp=dp,
         drops=_parse_drops(drop or []),
         skew=skew,
-        seed=seed,
+        seed=0 if seed is None else seed,
         bootstrap=bootstrap,
         workers=workers,
         device=device,
+        audit_canaries=audit_canaries,
+        canary_seed=seed,
         **plan_options,
     )
 
     def on_event(kind: str, info: dict) -> None:
         if kind == "site":
             run.ui.info(f"{info['site']}: {info['images']} images, {info['patients']} patients")
+        elif kind == "canaries":
+            run.ui.info(
+                f"{info['site']}: {info['canaries']} canary patients planted, "
+                f"{info['included']} trained on (coins: {info['coins']}); their record stays "
+                "in the site's folder"
+            )
         elif kind == "init":
             run.ui.info(f"federation ready: {', '.join(info['sites'])}")
         elif kind == "round":
@@ -139,9 +176,30 @@ def simulate(
 
     def render() -> None:
         render_report(run.ui, result["final_evaluation"], "final model on the held-out data")
+        if result["canary_audit"] is not None:
+            _render_canary_audit(run.ui, result["canary_audit"])
         run.ui.info(f"every file of the run is in {output}; report: {output / 'report.json'}")
 
     run.done(result, render)
+
+
+def _render_canary_audit(ui: Ui, doc: dict) -> None:
+    acc = doc["accountant"]
+    spent = "infinite: trained without DP" if acc["epsilon"] is None else f"{acc['epsilon']:.2f}"
+    ui.table(
+        f"canary audit of {doc['model']} at {doc['site']} (one training run)",
+        [
+            ("canaries", f"{doc['canaries']}, {doc['included']} trained on"),
+            ("guesses", f"{doc['correct']} of {doc['guesses']} right"),
+            (
+                f"epsilon, lower bound ({100 * doc['confidence']:g}%)",
+                f"{doc['epsilon_lower']:.2f}  (at most {doc['max_possible']:.2f} with "
+                f"{doc['canaries']} canaries)",
+            ),
+            ("epsilon, accountant", f"{spent}  (spent by {doc['site']}, its ledger)"),
+        ],
+    )
+    render_audit_alert(ui, doc)
 
 
 def register(app: typer.Typer) -> None:

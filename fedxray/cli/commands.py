@@ -17,6 +17,7 @@ MODULES = (
     "cmd_train",  # train-local, privacy
     "cmd_secagg",  # mask, aggregate, reveal, unmask, abandon
     "cmd_evaluate",  # evaluate, predict
+    "cmd_audit",  # audit
     "cmd_simulate",  # simulate
 )
 

@@ -35,6 +35,8 @@ FILES = {
     "NAME.plan": "The federation plan, signed by the coordinator.",
     "round-NNNN.model": "The global model that round NNNN trains from, signed by the coordinator.",
     "SITE.shard": "A site's prepared, de-identified images. Never leaves the site.",
+    "SITE.holdout.shard": "Patients prep --holdout kept out of the training shard: the "
+    "non-members of fedxray audit. Never leaves the site.",
     "SITE.update": "A site's trained update (plaintext). Never leaves the site.",
     "SITE.masked": "A site's update hidden by secure aggregation masks; goes to the coordinator.",
     "ROUND.sum": "The coordinator's sum of the masked updates of one round.",

@@ -1,4 +1,5 @@
-"""Renderers that more than one command uses: progress per stage, the evaluation tables."""
+"""Renderers that more than one command uses: progress per stage, the evaluation tables, the
+audit's verdict."""
 
 from __future__ import annotations
 
@@ -119,3 +120,12 @@ def _render_reader(ui: Ui, reader: dict, labels: dict[str, str]) -> None:
     )
     for note in reader["notes"]:
         ui.info(escape(f"note: {note}"))
+
+
+def render_audit_alert(ui: Ui, doc: dict) -> None:
+    """The line an audit shows when its lower bound exceeds the accountant's epsilon."""
+    if doc["exceeds_accountant"]:
+        ui.info(
+            "ALERT: the lower bound exceeds the accountant's epsilon: the model leaks more "
+            "than the privacy guarantee allows (a bug in training or accounting?)"
+        )

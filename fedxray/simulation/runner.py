@@ -20,6 +20,7 @@ from fedxray import keys
 from fedxray.data.pseudonym import site_secret
 from fedxray.data.shard import Shard
 from fedxray.data.shard_io import read_shard, write_shard
+from fedxray.data.split import holdout_split
 from fedxray.errors import FedxrayError
 from fedxray.filenames import round_file
 from fedxray.fsio import Undo, make_folder, read_input, write_atomic
@@ -32,7 +33,7 @@ from fedxray.settings import (
     settings_from_options,
 )
 from fedxray.simulation.courier import INBOX, Courier
-from fedxray.simulation.split import holdout_split, split_sites
+from fedxray.simulation.split import split_sites
 from fedxray.steps.aggregate import aggregate
 from fedxray.steps.identity import create_identity
 from fedxray.steps.mask import mask_update
@@ -83,6 +84,10 @@ class SimulationConfig:
     bootstrap: int = 1000
     workers: int | None = None
     device: str = "cpu"
+    # The one-run canary audit at the first site: K canaries; their coins from the OS unless
+    # canary_seed is given.
+    audit_canaries: int = 0
+    canary_seed: int | None = None
 
 
 @dataclass
@@ -174,6 +179,7 @@ class Simulation:
 
     def setup(self) -> None:
         from fedxray.data.prep import prepare
+        from fedxray.simulation.canaries import plant_canaries
         from fedxray.steps.init import initialise
 
         cfg = self.cfg
@@ -202,6 +208,11 @@ class Simulation:
                     secret=site_secret(ident),
                     workers=cfg.workers,
                 )
+            if cfg.audit_canaries and name == self.site_names[0]:
+                shard, planted = plant_canaries(
+                    shard, cfg.audit_canaries, folder, name, cfg.canary_seed
+                )
+                self.emit("canaries", planted)
             write_shard(folder / f"{name}.shard", shard)
             self.courier.carry(folder / f"{name}.pub", self.coord_dir)
             self.emit("site", {"site": name, "images": len(shard), "patients": shard.num_patients})
@@ -357,11 +368,27 @@ class Simulation:
             "rounds": [r.to_dict() for r in self.rounds],
             "final_model": str(final_model),
             "final_evaluation": final,
+            "canary_audit": self._canary_audit() if self.cfg.audit_canaries else None,
             "seconds": round(time.perf_counter() - t_start, 2),
             "settings": _jsonable(self.cfg),
         }
         write_atomic(self.root / "report.json", (json.dumps(summary, indent=1) + "\n").encode())
         return summary
+
+    def _canary_audit(self) -> dict:
+        """The canary site audits the final model it received, against its own ledger."""
+        from fedxray.simulation.canaries import audit_site
+
+        name = self.site_names[0]
+        folder = self._site_dir(name)
+        inbox = folder / INBOX
+        final = inbox / round_file("model", self.cfg.rounds + 1)
+        doc = audit_site(
+            folder, name, final, inbox / self.plan_path.name, folder / f"{name}.ledger",
+            self.cfg.device,
+        )  # fmt: skip
+        self.emit("canary-audit", doc)
+        return doc
 
 
 def _jsonable(cfg: SimulationConfig) -> dict:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedxray.artifact import Artifact
+from fedxray.data.shard import Shard
 from fedxray.errors import FedxrayError
 from fedxray.fsio import check_writable, input_name, is_stdio, read_input
 from fedxray.keys import PrivateIdentity, load_private_key
@@ -48,6 +49,22 @@ def load_party(
     else:
         plan.require_site(identity)
     return Party(plan, identity, Path(key_path))
+
+
+@dataclass(frozen=True)
+class ShardFile:
+    """A shard file a step read or wrote, and how much is in it."""
+
+    file: Path
+    images: int
+    patients: int | None  # None: the shard has no patient ids
+
+    @classmethod
+    def of(cls, path: str | os.PathLike, shard: Shard) -> ShardFile:
+        return cls(Path(path), len(shard), None if shard.patients is None else shard.num_patients)
+
+    def to_dict(self) -> dict:
+        return {"file": str(self.file), "images": self.images, "patients": self.patients}
 
 
 def fields_of(result, *skip: str) -> dict:
