@@ -14,7 +14,7 @@ from fedxray.data.shard import Shard
 from fedxray.data.shard_io import is_shard, shard_from_bytes
 from fedxray.errors import FedxrayError, VerificationError
 from fedxray.fsio import input_name
-from fedxray.keys import KEY_FORMAT, PrivateIdentity
+from fedxray.keys import KEY_FORMAT, PrivateIdentity, key_file_error
 from fedxray.modelfile import load_model_artifact
 from fedxray.plan import plan_from_bytes
 from fedxray.training.ledger import FORMAT as LEDGER_FORMAT
@@ -36,7 +36,7 @@ def describe(data: bytes, what: str) -> dict:
     """
     doc = _json_document(data)
     if data.lstrip()[:1] == b"{" and KEY_FORMAT.encode() in data[:200]:
-        return _describe_key(doc, what)
+        return _describe_key(doc, data, what)
     if isinstance(doc, dict) and doc.get("format") == LEDGER_FORMAT:
         return describe_ledger(doc)
     if is_shard(data):
@@ -62,12 +62,9 @@ def _json_document(data: bytes):
         return None
 
 
-def _describe_key(doc, what: str) -> dict:
+def _describe_key(doc, data: bytes, what: str) -> dict:
     if not isinstance(doc, dict) or not isinstance(doc.get("name"), str):
-        raise VerificationError(
-            f"{what} is a damaged or truncated private key file",
-            hint="restore it from its backup; a lost key cannot be made again",
-        )
+        raise key_file_error(what, data)
     return {"kind": "key", "name": doc["name"], "note": "private key: contents not shown"}
 
 
