@@ -182,7 +182,7 @@ def _parse_head(head_bytes: bytes, what: str) -> tuple[dict, str, Header]:
     """(tensor index, signature hex, fedxray header) of a safetensors header, unverified."""
     try:
         head = json.loads(head_bytes)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise _fail(f"{what} is corrupt or not a fedxray artifact (unreadable header)") from None
     if not isinstance(head, dict) or not isinstance(head.get("__metadata__"), dict):
         raise _fail(f"{what} is not a fedxray artifact (no fedxray header)")
@@ -202,21 +202,34 @@ def _parse_head(head_bytes: bytes, what: str) -> tuple[dict, str, Header]:
         header = Header(
             kind=str(h["kind"]),
             federation=str(h["federation"]),
-            round=int(h["round"]),
+            round=_integer(h["round"]),
             sender=str(h["sender"]),
             created=str(h["created"]),
             parent=str(h["parent"]),
             payload_sha256=str(h["payload_sha256"]),
-            meta=dict(h["meta"]),
-            format=int(h["format"]),
+            meta=_object(h["meta"]),
+            format=_integer(h["format"]),
         )
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise _fail(f"{what} has a malformed fedxray header") from None
     if header.format != FORMAT_VERSION:
         raise _fail(
             f"{what} has format version {header.format}; this fedxray reads {FORMAT_VERSION}"
         )
     return head, sig, header
+
+
+def _integer(value) -> int:
+    """A header number: a JSON integer, never a float, text or a boolean."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"not an integer: {value!r}")
+    return value
+
+
+def _object(value) -> dict:
+    if not isinstance(value, dict):
+        raise TypeError(f"not a JSON object: {value!r}")
+    return value
 
 
 def _header_length(prefix: bytes, size: int, what: str) -> int:

@@ -9,10 +9,14 @@ EXIT_VERIFY = 3
 EXIT_BUDGET = 4
 EXIT_REFUSED = 5
 EXIT_INTERRUPTED = 130
+# Killed by SIGPIPE, as the shell reports it for cat, grep or git: the reader of standard
+# output went away (``fedxray predict ... | head -1``); nothing is printed.
+EXIT_BROKEN_PIPE = 141
 
 EXIT_CODES = {
     EXIT_OK: "success",
-    EXIT_ERROR: "error: missing or unreadable file, bad input, output already exists",
+    EXIT_ERROR: "error: missing or unreadable file, bad input, output already exists, disk "
+    "full, device not available",
     EXIT_USAGE: "usage error: unknown option, missing argument",
     EXIT_VERIFY: "verification failed: bad signature, corrupt or truncated file, wrong kind, "
     "federation, round, sender, parent or tensor layout",
@@ -20,6 +24,8 @@ EXIT_CODES = {
     EXIT_REFUSED: "refused by the protocol: e.g. a second masked update for a round, "
     "too few sites, a second closure",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C); no partial output is left",
+    EXIT_BROKEN_PIPE: "standard output was closed early (e.g. by | head); stopped quietly, "
+    "like other Unix tools",
 }
 
 

@@ -1,10 +1,17 @@
-"""Reading inputs (files or stdin) and writing outputs atomically (files or stdout)."""
+"""Reading inputs (files or stdin) and writing outputs atomically (files or stdout).
+
+Every failure of the operating system here becomes a FedxrayError naming the path as the
+caller gave it: a full disk, a quota, a read-only medium or a missing permission is a
+condition to fix, not a bug to report.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -25,8 +32,68 @@ def shown(path: str | os.PathLike, stream: str = "standard output") -> str:
 
 
 def input_name(path: str | os.PathLike) -> str:
-    """How messages name an input: its file name, or standard input."""
-    return "standard input" if is_stdio(path) else Path(path).name
+    """How messages name an input: the path as given, or standard input."""
+    return "standard input" if is_stdio(path) else str(path)
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def free_bytes(folder: str | os.PathLike) -> int | None:
+    """Bytes an unprivileged user may still write in ``folder``'s file system (None: unknown)."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def size_text(n: int) -> str:
+    """A byte count as people read it: 512 bytes, 3.4 kB, 12.0 MB, 1.2 GB."""
+    if n < 1000:
+        return f"{n} bytes"
+    for unit in ("kB", "MB", "GB", "TB"):
+        n /= 1000
+        if n < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}"
+    raise AssertionError("unreachable")
+
+
+def output_error(path: str | os.PathLike | None, e: OSError, needed: int | None = None):
+    """A failed write or folder creation as one FedxrayError naming ``path`` as given.
+
+    ``needed``: the bytes the write needed, when known; a full disk then says how many, and
+    how many are free.
+    """
+    where = "the output" if path is None else shown(path)
+    if e.errno in NO_SPACE:
+        if e.errno == errno.EDQUOT:
+            message = f"cannot write {where}: disk quota exceeded"
+        else:
+            message = f"cannot write {where}: no space left on the device"
+        folder = Path(path).parent if path is not None and not is_stdio(path) else None
+        free = free_bytes(folder if folder is not None and str(folder) else ".")
+        if needed is not None and e.errno == errno.ENOSPC:
+            message += f" (needs {size_text(needed)}"
+            message += ")" if free is None else f", {size_text(free)} free)"
+        return FedxrayError(message, hint="free some space, or write elsewhere, and run again")
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return FedxrayError(f"permission denied writing {where}")
+    if e.errno == errno.EROFS:
+        return FedxrayError(f"cannot write {where}: read-only file system")
+    if e.errno == errno.ENOENT:
+        return FedxrayError(f"cannot write {where}: its folder does not exist")
+    return FedxrayError(f"cannot write {where}: {e.strerror or e}")
+
+
+def make_folder(path: str | os.PathLike, mode: int = 0o777) -> None:
+    """``mkdir -p``, failing with one line (full disk, permission) instead of a traceback."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True, mode=mode)
+    except FileExistsError:
+        raise FedxrayError(f"{path} exists and is not a folder") from None
+    except OSError as e:
+        raise output_error(path, e) from None
 
 
 def read_input(path: str | os.PathLike, what: str = "file") -> bytes:
@@ -75,14 +142,26 @@ def write_atomic(
     (private keys). ``-`` writes to standard output.
     """
     if is_stdio(path):
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
+        try:
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+        except BrokenPipeError:
+            raise  # the reader went away: the command line stops quietly
+        except OSError as e:
+            raise output_error(path, e, len(data)) from None
         return
     p = Path(path)
     if exclusive and p.exists():
         raise FedxrayError(f"refusing to overwrite {p}", hint="private keys are never replaced")
     check_writable(p, force=force)
     folder = p.parent if str(p.parent) else Path(".")
+    try:
+        _write_replace(p, folder, data, mode, exclusive)
+    except OSError as e:
+        raise output_error(path, e, len(data)) from None
+
+
+def _write_replace(p: Path, folder: Path, data: bytes, mode: int, exclusive: bool) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=folder)
     try:
         os.fchmod(fd, mode)
@@ -142,3 +221,56 @@ def exclusive_lock(target: str | os.PathLike, busy: str, hint: str):
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+class Undo:
+    """What one run creates, removed again if the run fails: never what existed before.
+
+    ``with Undo() as undo:``, then ``undo.folder(path)`` for an output folder (created with
+    its missing parents: on failure a folder this run created is removed with everything in
+    it, and one that was empty before is emptied again; one that held files is left alone)
+    and ``undo.file(path)`` before writing a file (removed on failure if it was new).
+    """
+
+    def __init__(self) -> None:
+        self._made: list[Path] = []  # removed (folders: with their contents)
+        self._emptied: list[Path] = []  # folders that were empty: their contents removed
+
+    def folder(self, path: str | os.PathLike) -> Path:
+        p = Path(path)
+        missing, q = [], p
+        while not q.exists() and not q.is_symlink() and q != q.parent:
+            missing.append(q)
+            q = q.parent
+        if not missing and p.is_dir() and not any(p.iterdir()):
+            self._emptied.append(p)
+        make_folder(p)
+        self._made += reversed(missing)  # outermost first, so it is removed last
+        return p
+
+    def file(self, path: str | os.PathLike) -> Path:
+        p = Path(path)
+        if not p.exists() and not p.is_symlink():
+            self._made.append(p)
+        return p
+
+    def __enter__(self) -> Undo:
+        return self
+
+    def __exit__(self, kind, error, tb) -> None:
+        if kind is None:
+            return
+        leftovers = [c for folder in self._emptied for c in _children(folder)]
+        for p in [*reversed(self._made), *leftovers]:
+            with contextlib.suppress(OSError):
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
+
+
+def _children(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except OSError:
+        return []

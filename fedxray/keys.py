@@ -192,7 +192,20 @@ def load_private_key(path: str | os.PathLike) -> PrivateIdentity:
             _unb64(d["secret"], 32, "key file"),
         )
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-        raise FedxrayError(
-            f"{p} is not a fedxray private key file",
-            hint="private keys end in .key; public site cards (.pub) cannot sign",
-        ) from None
+        raise key_file_error(path, data) from None
+
+
+def key_file_error(path: str | os.PathLike, data: bytes) -> FedxrayError:
+    """Why a key file did not load, with the hint that fits what the file is."""
+    suffix = Path(path).suffix
+    if KEY_FORMAT.encode() in data[:200]:
+        return FedxrayError(
+            f"{path} is a damaged or truncated private key file",
+            hint="restore it from its backup; a lost key cannot be made again",
+        )
+    if suffix == ".pub" or data[8:9] == b"{":  # a site card (a signed safetensors file)
+        return FedxrayError(
+            f"{path} is not a private key file", hint="public site cards (.pub) cannot sign"
+        )
+    hint = None if suffix == ".key" else "private keys end in .key"
+    return FedxrayError(f"{path} is not a fedxray private key file", hint=hint)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from fedxray.artifact import build_artifact, parse_unverified, verify_signature
 from fedxray.errors import FedxrayError, VerificationError
-from fedxray.fsio import read_input
+from fedxray.fsio import input_name, read_input
 from fedxray.keys import PrivateIdentity, PublicIdentity, check_name
 from fedxray.settings import FederationSettings, SettingError
 
@@ -80,6 +80,20 @@ class Plan:
         }
 
 
+def check_members(coordinator: PublicIdentity, sites: Sequence[PublicIdentity]) -> None:
+    """Every party once: distinct site names and keys, and no site named or keyed like the
+    coordinator (at init, and whenever a plan is loaded)."""
+    names = [s.name for s in sites]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise FedxrayError(f"two site cards have the same name: {', '.join(twice)}")
+    if coordinator.name in names:
+        raise FedxrayError(f"a site is named like the coordinator ({coordinator.name!r})")
+    keys = [k for s in (coordinator, *sites) for k in (s.sign_public, s.kx_public)]
+    if len(set(keys)) != len(keys):
+        raise FedxrayError("two parties carry the same keys")
+
+
 def create_plan(
     name: str,
     coordinator: PrivateIdentity,
@@ -87,14 +101,7 @@ def create_plan(
     settings: FederationSettings,
 ) -> bytes:
     check_name(name)
-    names = [s.name for s in sites]
-    if len(set(names)) != len(names):
-        raise FedxrayError(f"two site cards have the same name: {sorted(names)}")
-    if coordinator.name in names:
-        raise FedxrayError(f"a site is named like the coordinator ({coordinator.name!r})")
-    fps = [s.fingerprint for s in sites]
-    if len(set(fps)) != len(fps):
-        raise FedxrayError("two site cards carry the same keys")
+    check_members(coordinator.public, sites)
     settings.validate(len(sites))
     return build_artifact(
         "plan",
@@ -129,19 +136,28 @@ def plan_from_bytes(data: bytes, what: str = "plan") -> Plan:
     try:
         coordinator = PublicIdentity.from_dict(h.meta["coordinator"])
         sites = tuple(PublicIdentity.from_dict(s) for s in h.meta["sites"])
-        name = str(h.meta["name"])
+        name = check_name(h.meta["name"])
     except (KeyError, TypeError, FedxrayError) as e:
         raise VerificationError(f"{what} has a malformed plan header") from e
     if coordinator.name != h.sender:
         raise VerificationError(f"{what} was not signed by its coordinator")
     verify_signature(art, message, coordinator, what)
+    # Signed is not sound: a plan made by another tool or version is checked like at init.
+    try:
+        check_members(coordinator, sites)
+        settings.check(len(sites))
+    except FedxrayError as e:
+        raise VerificationError(
+            f"{what} is not a sound plan: {e.message}",
+            hint="the coordinator must make a new plan with fedxray init",
+        ) from None
     return Plan(h.federation, name, coordinator, sites, settings, art.digest, h.created)
 
 
 def load_plan(path: str | os.PathLike, expect_fingerprint: str | None = None) -> Plan:
     """Load and verify a plan; its coordinator must match $FEDXRAY_COORDINATOR_FINGERPRINT
     (or ``expect_fingerprint``) when that is set."""
-    plan = plan_from_bytes(read_input(path, "plan"), what=Path(str(path)).name)
+    plan = plan_from_bytes(read_input(path, "plan"), what=input_name(path))
     fp = expect_fingerprint or os.environ.get("FEDXRAY_COORDINATOR_FINGERPRINT")
     if fp and fp.lower() != plan.coordinator.fingerprint:
         raise VerificationError(

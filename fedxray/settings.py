@@ -26,6 +26,7 @@ from fedxray.secagg.fixedpoint import SecaggParams, check_capacity
 from fedxray.secagg.server import ServerConfig
 
 DEFAULT_CLASSES: tuple[str, ...] = ("normal", "bacterial", "viral")
+LOCAL_OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")  # the sites' optimiser (training.optimizer)
 
 
 class SettingError(FedxrayError):
@@ -86,7 +87,7 @@ _TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str:
 def _typed(value: Any, kind: Any, path: str) -> Any:
     """``value`` as ``kind`` (bool, int, float, str or tuple[str, ...]); JSON's types only."""
     number = isinstance(value, int | float) and not isinstance(value, bool)
-    if kind is float and number and math.isfinite(value):
+    if kind is float and number and _finite(value):
         return float(value)
     if kind is int and number and isinstance(value, int):
         return value
@@ -96,7 +97,16 @@ def _typed(value: Any, kind: Any, path: str) -> Any:
     if typing.get_origin(kind) is tuple and names:
         return tuple(value)
     name = _TYPE_NAMES.get(kind, "a list of names")
+    if kind is float and number:
+        name = "a finite number"  # nan or inf: JSON's types allow neither, options do
     raise SettingError(path, f"setting {label(path)} must be {name}, got {value!r}")
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer no float can hold (JSON allows any)
+        return False
 
 
 def _require(ok: bool, path: str, message: str, hint: str | None = None) -> None:
@@ -112,6 +122,7 @@ class ModelSettings(_Section):
 
     def check(self) -> None:
         _require(16 <= self.image_size <= 1024, "model.image_size", "image-size must be 16 to 1024")
+        _require(self.in_channels >= 1, "model.in_channels", "in-channels must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -131,6 +142,13 @@ class TrainingSettings(_Section):
         _require(ok, "training.rounds", "rounds and local-epochs must be at least 1")
         ok = self.batch_size >= 1 and self.lr > 0
         _require(ok, "training.lr", "batch size and learning rate must be positive")
+        _require(
+            self.optimizer in LOCAL_OPTIMIZERS,
+            "training.optimizer",
+            f"optimizer must be one of {', '.join(LOCAL_OPTIMIZERS)}, got {self.optimizer!r}",
+        )
+        _require(0 <= self.momentum < 1, "training.momentum", "momentum must be in [0, 1)")
+        _require(self.weight_decay >= 0, "training.weight_decay", "weight-decay must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -182,10 +200,16 @@ class FederationSettings(_Section):
     min_sites: int = 3
 
     def validate(self, n_sites: int) -> None:
-        """Refuse impossible combinations for a federation of ``n_sites`` (at init)."""
+        """At init: :meth:`check`, and the model can be built for these classes."""
         from fedxray.models.registry import check_model  # heavy: builds the model's shapes
 
         check_model(self.model, len(self.classes))
+        self.check(n_sites)
+
+    def check(self, n_sites: int | None = None) -> None:
+        """Refuse impossible values and combinations, cheaply (no model is built): at init,
+        and again whenever a plan is loaded. With ``n_sites``, also what depends on the
+        federation's size."""
         for section in (self.model, self.training, self.dp):
             section.check()
         ok = len(self.classes) >= 2 and len(set(self.classes)) == len(self.classes)
@@ -195,13 +219,16 @@ class FederationSettings(_Section):
         _require(
             self.min_sites >= 2, "min_sites", "min-sites must be at least 2 (3 is the safe default)"
         )
+        self.server_config()
+        params = self.secagg_params()
+        if n_sites is None:
+            return
         _require(
             n_sites >= self.min_sites,
             "min_sites",
             f"the plan names {n_sites} site(s) but min-sites is {self.min_sites}",
         )
-        self.server_config()
-        check_capacity(self.secagg_params(), n_sites)
+        check_capacity(params, n_sites)
 
     def secagg_params(self) -> SecaggParams:
         """The secure-aggregation parameters, checked by the secure-aggregation layer."""

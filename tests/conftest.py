@@ -43,3 +43,11 @@ def _few_threads(monkeypatch):
     except ImportError:
         pass
     monkeypatch.setenv("NO_COLOR", "1")
+
+
+@pytest.fixture(scope="session")
+def fault_fed(tmp_path_factory):
+    """A small real federation after one round (tests/faultfed.py), for the fault tests."""
+    from tests.faultfed import build
+
+    return build(tmp_path_factory.mktemp("faultfed"))

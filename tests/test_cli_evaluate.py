@@ -197,7 +197,7 @@ def test_reference_by_image_id_needs_no_key_and_by_file_does(fed, tmp_path, monk
 
     by_file, _ = _reads(fed, tmp_path, by_file=True)
     r = run_cli(*base, "--reference", by_file)
-    assert r.code == EXIT_ERROR and r.out == ""
+    assert r.code == EXIT_ERROR and json.loads(r.out)["exit_code"] == EXIT_ERROR
     assert r.err.startswith("fedxray: error:") and "--key" in r.err
 
     # Another site's key hashes the paths differently: nothing matches, and it says so.
@@ -325,7 +325,8 @@ def test_predict_csv_and_json_equal_the_shard_probabilities(fed):
     r = run_cli("predict", fed["model"], fed["images"], "--batch-size", "3")
     assert r.code == 0, r.err
     rows = list(csv.reader(io.StringIO(r.out)))
-    assert rows[0] == ["path", "predicted", "p_normal", "p_bacterial", "p_viral", "error"]
+    assert rows[0] == ["path", "predicted", "p_normal", "p_bacterial", "p_viral", "confidence",
+                       "ood", "ood_reasons", "error"]  # fmt: skip
     assert len(rows) == 21
     from pathlib import Path
 
@@ -335,7 +336,7 @@ def test_predict_csv_and_json_equal_the_shard_probabilities(fed):
         seen.add(i)
         got = np.array([np.float32(x) for x in row[2:5]])
         assert np.array_equal(got, fed["probs"][i]), row
-        assert row[1] == CLASSES[int(fed["probs"][i].argmax())] and row[5] == ""
+        assert row[1] == CLASSES[int(fed["probs"][i].argmax())] and row[8] == ""
     assert seen == set(range(20))
 
     j = run_cli("predict", fed["model"], fed["images"] / "NORMAL", fed["images"], "--json")

@@ -60,6 +60,7 @@ def test_arbitrary_text(text, encoding):
 @example(['"fi\x00le"', "label"], [["a", "b"]], ",")  # a header with a NUL
 @example(["file", "label"], [["a" * 140_000, "x"]], ",")  # over the csv module's field limit
 @example(["file", "label"], [['"x', "y"]], ";")  # a quote never closed
+@example(["file", "label"], [[", \\", "x"]], ";")  # ", /" normalises to ", " (not a key)
 @given(
     _HEADER,
     st.lists(st.lists(_CELL, max_size=5), max_size=8),

@@ -10,8 +10,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from fedxray.cli.cmd_evaluate import DeviceOpt
-from fedxray.cli.common import PlanOpt, Run, Ui, argument, command
+from fedxray.cli.common import DeviceOpt, PlanOpt, Run, Ui, argument, command
 from fedxray.cli.render import render_audit_alert
 
 EXAMPLES = {

@@ -9,9 +9,19 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from fedxray.cli.common import KeyOpt, PlanOpt, Run, Ui, argument, command, output_option
+from fedxray.cli.common import (
+    DeviceOpt,
+    KeyOpt,
+    PlanOpt,
+    Run,
+    Ui,
+    argument,
+    command,
+    output_option,
+)
 from fedxray.cli.render import StageBar, render_report
 from fedxray.errors import FedxrayError
+from fedxray.evaluation.confidence import MIN_CONFIDENCE
 from fedxray.fsio import check_writable, is_stdio, write_atomic
 from fedxray.keys import load_private_key
 from fedxray.steps.shared import DEFAULT_BATCH
@@ -51,10 +61,9 @@ BatchOpt = Annotated[
         "--batch-size", min=1, metavar="N", help="Images per forward pass (memory vs speed)."
     ),
 ]
-DeviceOpt = Annotated[
-    str,
-    typer.Option("--device", metavar="DEVICE", help="Where the model runs: cpu, cuda or cuda:N."),
-]
+NOT_A_DIAGNOSIS = (
+    "note: these predictions are not a diagnosis; a qualified reader must review every image"
+)
 # Show a progress bar only when there is enough work to watch.
 _PROGRESS_FROM = 20
 
@@ -169,6 +178,14 @@ def predict(
     ) = None,
     batch_size: BatchOpt = DEFAULT_BATCH,
     device: DeviceOpt = "cpu",
+    min_confidence: Annotated[
+        float,
+        typer.Option(
+            "--min-confidence",
+            metavar="C",
+            help="Flag predictions whose confidence (0: a uniform guess, 1: certain) is below C.",
+        ),
+    ] = MIN_CONFIDENCE,
 ) -> None:
     """Classify radiographs with a global model: one row per image, CSV by default.
 
@@ -177,10 +194,17 @@ def predict(
     its plan (--plan, $FEDXRAY_PLAN, or the *.plan next to the model that names its
     federation).
 
-    CSV columns: path, predicted, p_CLASS for each class, error. A file that cannot be used
-    (not an image, damaged, not a radiograph) is reported on standard error and gets a row
-    with only its path and the reason code in error; the exit status is 0 as long as at least
-    one image was classified. Nothing from DICOM headers is written to the output.
+    The output is not a diagnosis: a research model's estimate, for a qualified reader to
+    weigh (a one-line notice on standard error says so; -q silences it).
+
+    CSV columns: path, predicted, p_CLASS for each class, confidence, ood, ood_reasons,
+    error. ood is yes when the image looks out of distribution: it failed a plausibility
+    check (ood_reasons: size, greyscale, blank, noise, smooth: not like a radiograph), or the
+    model's confidence, its top probability rescaled from a uniform guess (0) to certainty
+    (1), is below --min-confidence (low-confidence). A file that cannot be used at all (not
+    an image, damaged) is reported on standard error and gets a row with only its path and
+    the reason code in error; the exit status is 0 as long as at least one image was
+    classified. Nothing from DICOM headers is written to the output.
     """
     from fedxray.steps.model import load_model
     from fedxray.steps.predict import format_predictions, predict_files, scan_inputs
@@ -190,14 +214,18 @@ def predict(
         check_writable(output, force=run.force)
     loaded = load_model(model, plan)
     paths = scan_inputs(inputs)
-    counts = {"ok": 0, "skipped": 0}
+    counts = {"ok": 0, "skipped": 0, "ood": 0}
     first_skip: list[str] = []
+    first_ood: list[str] = []
     held: list[str] = []  # output is held back until one image succeeded (see below)
 
     def watch(preds):
         for pred in preds:
             if pred.ok:
                 counts["ok"] += 1
+                if pred.ood:
+                    counts["ood"] += 1
+                    first_ood[:] = first_ood or [f"{pred.path}: {pred.ood_message}"]
             else:
                 counts["skipped"] += 1
                 first_skip[:] = first_skip or [f"{pred.path}: {pred.message}"]
@@ -214,6 +242,7 @@ def predict(
             paths,
             batch_size=batch_size,
             device=device,
+            min_confidence=min_confidence,
             progress=lambda done, total: bar.update(task, completed=done),
         )
         rows = format_predictions(watch(preds), loaded.classes, run.ui.json_mode, header=True)
@@ -237,7 +266,15 @@ def predict(
         write_atomic(output, "".join(held).encode("utf-8"), force=run.force, mode=0o600)
     skipped = f", skipped {counts['skipped']} file(s)" if counts["skipped"] else ""
     where = "" if to_stdout else f" into {output}"
+    run.ui.info(NOT_A_DIAGNOSIS)
     run.ui.info(escape(f"classified {counts['ok']} image(s){skipped}{where}"))
+    if counts["ood"]:
+        run.ui.info(
+            escape(
+                f"warning: {counts['ood']} of {counts['ok']} image(s) look out of distribution "
+                f"(column ood), e.g. {first_ood[0]}"
+            )
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from fedxray.cli.common import KeyOpt, PlanOpt, Run, argument, command
+from fedxray.cli.common import KeyOpt, PlanOpt, Run, Ui, argument, command
 from fedxray.fsio import read_input
 from fedxray.keys import load_private_key
 from fedxray.steps import inspection
@@ -42,11 +42,33 @@ def inspect(
     info = inspection.describe(read_input(file), file)
 
     def render() -> None:
-        run.ui.kv(file, {k: v for k, v in info.items() if k != "meta"})
+        if info.get("kind") == "ledger":
+            _render_ledger(run.ui, file, info)
+            return
+        run.ui.kv(file, {k: _text(v) for k, v in info.items() if k != "meta"})
         if info.get("meta"):
             run.ui.info("meta: " + json.dumps(info["meta"], indent=1, default=str)[:4000])
 
     run.done(info, render)
+
+
+def _text(value) -> str:
+    """A value of a file's summary as a table cell: ``normal 170, viral 150`` for a mapping."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_text(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return ", ".join(map(_text, value))
+    return str(value)
+
+
+def _render_ledger(ui: Ui, file: str, info: dict) -> None:
+    ui.info(f"{file}: {info['note']}")
+    for fed in info["federations"]:
+        ui.kv(f"federation {fed['federation']}", {**fed["calibration"],
+              "epochs recorded": fed["epochs_recorded"]})  # fmt: skip
+        rows = [(r, v.get("epochs"), v.get("epsilon_after"), v.get("finished"))
+                for r, v in fed["rounds"].items()]  # fmt: skip
+        ui.table(None, rows, ("round", "epochs", "epsilon after", "finished"))
 
 
 @command()

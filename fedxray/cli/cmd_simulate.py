@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from fedxray.cli.common import PLAN_OPTIONS, Run, Ui, command
+from fedxray.cli.common import PLAN_OPTIONS, DeviceOpt, Run, Ui, command
 from fedxray.cli.render import render_audit_alert, render_report
 from fedxray.errors import FedxrayError
 from fedxray.simulation.runner import Simulation, SimulationConfig
@@ -106,7 +106,7 @@ def simulate(
     workers: Annotated[
         int | None, typer.Option("--workers", help="Decoding processes (default: all cores).")
     ] = None,
-    device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
+    device: DeviceOpt = "cpu",
 ) -> None:
     """Run a whole federation on this machine: every site, the coordinator and the courier.
 

@@ -7,7 +7,16 @@ from typing import Annotated
 
 import typer
 
-from fedxray.cli.common import Party, PlanOpt, Run, Ui, argument, command, output_option
+from fedxray.cli.common import (
+    DeviceOpt,
+    Party,
+    PlanOpt,
+    Run,
+    Ui,
+    argument,
+    command,
+    output_option,
+)
 from fedxray.plan import load_plan
 from fedxray.steps.privacy import PrivacyReport, privacy_report
 
@@ -35,7 +44,7 @@ def train_local(
         Path | None,
         typer.Option("--ledger", help="Privacy ledger. Default: KEY-PLANNAME.ledger beside KEY."),
     ] = None,
-    device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
+    device: DeviceOpt = "cpu",
     no_dp: Annotated[
         bool,
         typer.Option("--no-dp", help="Train without DP (baselines only; the plan must allow it)."),
@@ -57,6 +66,10 @@ def train_local(
     update: the weight difference, the number of examples and patients, and the privacy spent.
     The update stays at the site: `fedxray mask` turns it into the file that travels. After a
     crash, running the same command again resumes from the last finished epoch.
+
+    Warns when the shard has fewer than 50 patients: then a class has about 17 patients or
+    fewer, and under DP each epoch is a single step over the whole shard with more than
+    twice the noise of a large site at the same epsilon (docs/data.md).
     """
     from fedxray.steps.train_local import train_file
 

@@ -12,11 +12,14 @@ Every command parses its options, calls one library step and renders the step's 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
+import math
 import os
 import sys
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +30,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
-from fedxray.errors import FedxrayError
+from fedxray.devices import check_device_name, resolve_device
+from fedxray.errors import EXIT_BROKEN_PIPE, FedxrayError
 from fedxray.fsio import is_stdio
 from fedxray.settings import option_default
 from fedxray.steps.shared import Party, load_party
@@ -57,6 +61,23 @@ KeyOpt = Annotated[
         show_default=False,
     ),
 ]
+
+
+def _device(value: str) -> str:
+    """--device, checked while the command line is read: before any work starts."""
+    name = check_device_name(value)
+    if name != "cpu":  # the CPU is always there; only other devices need torch to check
+        resolve_device(name)
+    return name
+
+
+DeviceOpt = Annotated[
+    str,
+    typer.Option(
+        "--device", metavar="DEVICE", callback=_device,
+        help="Where the model runs: cpu, cuda, cuda:N (an NVIDIA GPU) or mps (Apple).",
+    ),
+]  # fmt: skip
 
 
 def argument(metavar: str, help: str, kind: Any = Path) -> Any:
@@ -198,6 +219,32 @@ class Run:
         self.ui.done(doc, render)
 
 
+def _is_float(annotation: Any) -> bool:
+    """Whether an option's annotation (Annotated[float | None, ...]) takes a float."""
+    if typing.get_origin(annotation) is Annotated:
+        annotation = typing.get_args(annotation)[0]
+    return annotation is float or float in typing.get_args(annotation)
+
+
+def check_finite(options: dict[str, Any]) -> None:
+    """Every float option must be a number: `nan` and `inf` parse as floats, yet no setting
+    of fedxray means anything with them."""
+    for name, value in options.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            flag = "--" + name.replace("_", "-")
+            raise FedxrayError(f"{flag} must be a finite number, got {value}")
+
+
+def _quiet_on_broken_pipe() -> None:
+    """The reader of standard output went away (``| head``): stop quietly, as cat and git
+    do (the shell reports 141, killed by SIGPIPE), and let nothing flush into the closed
+    pipe at exit."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    raise SystemExit(EXIT_BROKEN_PIPE)
+
+
 def _option(name: str, annotation: Any, default: Any) -> inspect.Parameter:
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
                              annotation=annotation)  # fmt: skip
@@ -249,8 +296,11 @@ def command(
             json_opt = Annotated[bool, typer.Option("--json", help=json_help)]
         params += [_option("json_out", json_opt, False), _option("quiet", QuietOpt, False)]
 
+        floats = [p.name for p in params if _is_float(p.annotation)]
+
         @functools.wraps(fn)
         def run(**kwargs) -> None:
+            check_finite({name: kwargs[name] for name in floats})
             ui = start(kwargs.pop("quiet"), kwargs.pop("json_out"), *map(kwargs.get, outputs))
             me = None
             if acts_as is not None:
@@ -258,7 +308,10 @@ def command(
             forced = kwargs.pop("force", False)
             if plan_options is not None:
                 kwargs["plan_options"] = {name: kwargs.pop(name) for name in plan_options}
-            fn(Run(ui, me, forced), **kwargs)
+            try:
+                fn(Run(ui, me, forced), **kwargs)
+            except BrokenPipeError:
+                _quiet_on_broken_pipe()
 
         run.__signature__ = sig.replace(parameters=params)
         run.__annotations__ = {p.name: p.annotation for p in params}

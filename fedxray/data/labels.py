@@ -261,7 +261,12 @@ def file_key(cell: str) -> str:
     the file at that place; relative ones may climb out of the CSV's folder (``../x.png``).
     """
     p = cell.strip().replace("\\", "/")
-    return posixpath.normpath(p) if p else ""
+    while p:  # to a fixed point: normalising ", /" leaves ", ", which strips to ","
+        q = posixpath.normpath(p).strip()
+        if q == p:
+            break
+        p = q
+    return p
 
 
 class CsvLabeler:

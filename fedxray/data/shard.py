@@ -6,6 +6,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+# Below this many patients a site's round carries little: with three classes, about 17
+# patients a class or fewer; and under the expected batch size (64 by default) every DP epoch
+# is one step over the whole shard, without the privacy amplification of subsampling (more
+# than twice the noise of a 1000-patient site at the same epsilon). docs/data.md has the
+# numbers.
+MIN_USEFUL_PATIENTS = 50
+
 
 @dataclass
 class Shard:
@@ -36,3 +43,15 @@ class Shard:
         if self.patients is None:
             return len(self)
         return len(np.unique(self.patients))
+
+
+def small_shard_warning(shard: Shard) -> str | None:
+    """A warning when ``shard`` has too few patients for a useful training round."""
+    n = shard.num_patients
+    if n >= MIN_USEFUL_PATIENTS:
+        return None
+    unit = "patients" if shard.patients is not None else "images (no patient ids)"
+    return (
+        f"this shard has only {n} {unit}, fewer than {MIN_USEFUL_PATIENTS}: its update will "
+        "carry little signal and much noise (see docs/data.md, How big a shard should be)"
+    )

@@ -109,7 +109,22 @@ def write_shard(path: str | os.PathLike, shard: Shard, force: bool = False) -> N
 
 def read_shard(path: str | os.PathLike) -> Shard:
     """Read and verify a shard; VerificationError when corrupt, truncated or not a shard."""
-    data = read_input(path, "shard")
+    return shard_from_bytes(read_input(path, "shard"), path)
+
+
+def is_shard(data: bytes) -> bool:
+    """Whether ``data`` claims to be a shard (its header says so); nothing is verified."""
+    try:
+        _header(data, "")
+    except VerificationError:
+        return False
+    except FedxrayError:  # a newer format: reading it says so
+        return True
+    return True
+
+
+def shard_from_bytes(data: bytes, path: str | os.PathLike = "shard") -> Shard:
+    """:func:`read_shard` of a file's bytes; ``path`` names the file in messages."""
     header = _header(data, path)
     try:
         tensors = st_load(data)

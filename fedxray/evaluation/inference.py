@@ -8,19 +8,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedxray.devices import resolve_device
 from fedxray.errors import FedxrayError
 from fedxray.models.inputs import images_to_tensor
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """A torch device that exists here, or a FedxrayError saying what to use instead."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise FedxrayError(f"unknown device {device!r}", hint="use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise FedxrayError(f"device {device} is not available", option="device", value="cpu")
-    return dev
 
 
 def predict_proba(

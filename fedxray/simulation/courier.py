@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedxray.errors import FedxrayError
+from fedxray.fsio import make_folder, output_error
 
 TRAVELLING_SUFFIXES = {".pub", ".plan", ".model", ".masked", ".closure", ".reveal"}
 INBOX = "inbox"
@@ -27,9 +28,12 @@ class Courier:
         if src.suffix not in TRAVELLING_SUFFIXES:
             raise FedxrayError(f"the courier refuses to carry {src.name}: it never leaves its site")
         inbox = to_party / INBOX
-        inbox.mkdir(parents=True, exist_ok=True)
+        make_folder(inbox)
         dst = inbox / src.name
-        shutil.copyfile(src, dst)
+        try:
+            shutil.copyfile(src, dst)
+        except OSError as e:
+            raise output_error(dst, e, src.stat().st_size) from None
         trip = {
             "round": round_number,
             "file": src.name,

@@ -23,9 +23,15 @@ from fedxray.data.shard_io import read_shard, write_shard
 from fedxray.data.split import holdout_split
 from fedxray.errors import FedxrayError
 from fedxray.filenames import round_file
-from fedxray.fsio import read_input, write_atomic
+from fedxray.fsio import Undo, make_folder, read_input, write_atomic
 from fedxray.plan import Plan, load_plan
-from fedxray.settings import DEFAULT_CLASSES, OPTIONS, option_default, settings_from_options
+from fedxray.settings import (
+    DEFAULT_CLASSES,
+    OPTIONS,
+    FederationSettings,
+    option_default,
+    settings_from_options,
+)
 from fedxray.simulation.courier import INBOX, Courier
 from fedxray.simulation.split import split_sites
 from fedxray.steps.aggregate import aggregate
@@ -117,14 +123,26 @@ class Simulation:
     def _site_dir(self, name: str) -> Path:
         return self.root / SITES_DIR / name
 
-    def _prepare_folders(self) -> None:
-        if self.root.exists() and any(self.root.iterdir()):
+    def _settings(self) -> FederationSettings:
+        """The plan's settings from the options, checked before any folder or file exists."""
+        cfg = self.cfg
+        if cfg.sites is not None and cfg.sites < 2:
+            raise FedxrayError(
+                f"a federation needs at least 2 sites, got {cfg.sites}", option="sites"
+            )
+        options = {k: getattr(cfg, k) for k in OPTIONS if hasattr(cfg, k)}
+        settings = settings_from_options(**options, allow_no_dp=not cfg.dp)
+        settings.check(cfg.sites)
+        return settings
+
+    def _prepare_folders(self, undo: Undo) -> None:
+        if self.root.is_file() or (self.root.is_dir() and any(self.root.iterdir())):
             raise FedxrayError(
                 f"run folder {self.root} is not empty", hint="choose a new one", option="output"
             )
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.coord_dir.mkdir()
-        self.eval_dir.mkdir()
+        undo.folder(self.root)
+        make_folder(self.coord_dir)
+        make_folder(self.eval_dir)
 
     def _site_data(self) -> tuple[list[tuple[str, list[Path] | Shard]], list[Path] | Shard]:
         """Per site: either folders it preps itself, or a pre-split shard; plus held-out data."""
@@ -165,7 +183,7 @@ class Simulation:
         from fedxray.steps.init import initialise
 
         cfg = self.cfg
-        self._prepare_folders()
+        settings = self._settings()
         site_data, held = self._site_data()
         self.site_names = [name for name, _ in site_data]
         unknown = {s for names in cfg.drops.values() for s in names} - set(self.site_names)
@@ -205,8 +223,6 @@ class Simulation:
             )
         write_shard(self.eval_dir / "test.shard", held)
         # Coordinator: init from the cards it received.
-        options = {k: getattr(cfg, k) for k in OPTIONS if hasattr(cfg, k)}
-        settings = settings_from_options(**options, allow_no_dp=not cfg.dp)
         cards = [self.coord_dir / INBOX / f"{n}.pub" for n in self.site_names]
         res = initialise(FEDERATION_NAME, self.coord_dir, cards, settings, seed=cfg.seed)
         self.plan_path, self.model_path = res.plan_path, res.model_path
@@ -331,6 +347,14 @@ class Simulation:
         return report.to_dict()
 
     def run(self) -> dict:
+        """Every round, then the final evaluation; a run that fails (or is interrupted)
+        leaves no run folder behind, so that the same command can simply be run again."""
+        self._settings()
+        with Undo() as undo:
+            self._prepare_folders(undo)
+            return self._run()
+
+    def _run(self) -> dict:
         t_start = time.perf_counter()
         self.setup()
         self.courier.carry(self.plan_path, self.eval_dir)

@@ -9,7 +9,7 @@ from pathlib import Path
 from fedxray.artifact import peek_header
 from fedxray.errors import FedxrayError, ProtocolRefusal, VerificationError
 from fedxray.filenames import round_file
-from fedxray.fsio import read_input, write_atomic
+from fedxray.fsio import input_name, read_input, write_atomic
 from fedxray.keys import PrivateIdentity
 from fedxray.modelfile import build_model_artifact, load_model_artifact
 from fedxray.plan import Plan
@@ -37,6 +37,7 @@ def abandon_round(
     state_dir: str | os.PathLike,
     *,
     reason: str | None = None,
+    what: str = "global model",
 ) -> AbandonResult:
     """Give up the round of ``global_model_bytes``: return its weights as round r + 1's model.
 
@@ -48,7 +49,7 @@ def abandon_round(
     privacy the sites spent training round r stays spent.
     """
     plan.require_coordinator(coordinator_key)
-    model = load_model_artifact(global_model_bytes, plan, what="global model")
+    model = load_model_artifact(global_model_bytes, plan, what=what)
     r = model.header.round
     with coordinator_state(state_dir, coordinator_key.name, plan.federation_id) as st:
         rec = st.get(r) or CoordinatorRound()
@@ -100,6 +101,8 @@ def abandon_file(
     r = header.round
     out = output or beside(model, round_file("model", r + 1), Path("."))
     check_output(out, force, model, f"the re-issued model would replace round {r}'s model: {out}")
-    result = abandon_round(data, me.plan, me.identity, me.state_dir, reason=reason)
+    result = abandon_round(
+        data, me.plan, me.identity, me.state_dir, reason=reason, what=input_name(model)
+    )
     write_atomic(out, result.model, force=force)
     return replace(result, path=out)

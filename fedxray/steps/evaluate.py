@@ -25,7 +25,7 @@ from fedxray.evaluation.plots import (
 )
 from fedxray.evaluation.reference import read_reads_csv
 from fedxray.evaluation.report import EvaluationReport, evaluate
-from fedxray.fsio import check_writable, write_atomic
+from fedxray.fsio import Undo, check_writable, write_atomic
 from fedxray.keys import PrivateIdentity
 from fedxray.plan import Plan
 from fedxray.steps.model import LoadedModel, load_model
@@ -180,13 +180,10 @@ def plot_report(
     if out.is_dir():
         for path in targets.values():
             check_writable(path, force=force)
-    else:
-        try:
-            out.mkdir(parents=True)
-        except OSError as e:
-            raise FedxrayError(f"cannot create folder {out}: {e.strerror}") from None
-    for plot, path in targets.items():
-        write_atomic(path, render_png(report, plot), force=force)
+    with Undo() as undo:  # all the plots or none (a full disk after the first)
+        undo.folder(out)
+        for plot, path in targets.items():
+            write_atomic(undo.file(path), render_png(report, plot), force=force)
     return list(targets.values())
 
 

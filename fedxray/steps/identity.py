@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from fedxray import keys
 from fedxray.cards import card_bytes
 from fedxray.errors import FedxrayError
-from fedxray.fsio import check_writable, write_atomic
+from fedxray.fsio import Undo, check_writable, write_atomic
 
 
 @dataclass(frozen=True)
@@ -38,24 +39,35 @@ def create_identity(name: str, folder: Path) -> Identity:
     keys.check_name(name)
     if not folder.is_dir():
         raise FedxrayError(f"output folder does not exist: {folder}")
+    ident = new_identity(name, folder)
+    save_identity(ident)
+    return ident
+
+
+def new_identity(name: str, folder: Path) -> Identity:
+    """A fresh identity for NAME.key and NAME.pub in ``folder``, in memory only: nothing is
+    written until :func:`save_identity`. Refused where NAME.key or NAME.pub exists."""
     key_path, card_path = folder / f"{name}.key", folder / f"{name}.pub"
     if key_path.exists():
         raise FedxrayError(
             f"refusing to overwrite {key_path}", hint="private keys are never replaced"
         )
-    check_writable(card_path)
-    ident = keys.generate(name)
-    keys.save_private_key(ident, key_path)
-    write_atomic(card_path, card_bytes(ident))
-    return Identity(ident, key_path, card_path, True)
+    if folder.is_dir():
+        check_writable(card_path)
+    return Identity(keys.generate(name), key_path, card_path, True)
 
 
-def ensure_identity(name: str, folder: Path) -> Identity:
-    """Load NAME.key from folder, or create it (and NAME.pub) if absent."""
+def save_identity(ident: Identity, undo: Undo | None = None) -> None:
+    """Write a new identity's key, then its card; a failure removes what it wrote."""
+    with Undo() if undo is None else contextlib.nullcontext(undo) as files:
+        keys.save_private_key(ident.identity, files.file(ident.key_path))
+        write_atomic(files.file(ident.card_path), card_bytes(ident.identity))
+
+
+def coordinator_identity(name: str, folder: Path) -> Identity:
+    """NAME.key from ``folder`` when it exists, else a new identity not yet written
+    (``created``: the caller saves it, with :func:`save_identity`, once all else succeeded)."""
     key_path, card_path = folder / f"{name}.key", folder / f"{name}.pub"
     if not key_path.exists():
-        return create_identity(name, folder)
-    ident = keys.load_private_key(key_path)
-    if not card_path.exists():
-        write_atomic(card_path, card_bytes(ident))
-    return Identity(ident, key_path, card_path, False)
+        return new_identity(name, folder)
+    return Identity(keys.load_private_key(key_path), key_path, card_path, False)

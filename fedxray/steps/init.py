@@ -11,15 +11,15 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as st_load
 
 from fedxray import keys
-from fedxray.cards import card_from_bytes
+from fedxray.cards import card_bytes, card_from_bytes
 from fedxray.errors import FedxrayError
 from fedxray.filenames import round_file
-from fedxray.fsio import check_writable, read_input, write_atomic
+from fedxray.fsio import Undo, check_writable, read_input, write_atomic
 from fedxray.modelfile import build_model_artifact
 from fedxray.models.registry import build_model, state_to_numpy
 from fedxray.plan import create_plan, plan_from_bytes
 from fedxray.settings import FederationSettings
-from fedxray.steps.identity import Identity, ensure_identity
+from fedxray.steps.identity import Identity, coordinator_identity, save_identity
 from fedxray.training.dp_engine import private_layers
 
 COORDINATOR = "coordinator"
@@ -111,17 +111,20 @@ def initialise(
     seed: int | None = None,
     force: bool = False,
 ) -> InitResult:
-    """Create the federation in ``out_dir``; the plan is written last, so a failed init never
-    leaves a plan without its model."""
+    """Create the federation in ``out_dir``. Nothing is written before every input and
+    setting passed its checks, and a failed init leaves nothing behind: no key, card, model
+    or plan of its own (a coordinator key that was there before is kept and used)."""
     keys.check_name(name)
     if not site_card_files:
         raise FedxrayError("no site cards given", hint="name the sites' .pub files")
     sites = [card_from_bytes(read_input(p, "site card"), what=str(p)) for p in site_card_files]
-    out_dir.mkdir(parents=True, exist_ok=True)
     plan_path, model_path = out_dir / f"{name}.plan", out_dir / round_file("model", 1)
-    for p in (plan_path, model_path):
-        check_writable(p, force=force)
-    coordinator = ensure_identity(COORDINATOR, out_dir)
+    if out_dir.exists():
+        for p in (plan_path, model_path):
+            check_writable(p, force=force)
+    # Everything is built and checked in memory first; only then is anything written, and a
+    # failure while writing removes what this run wrote (a key that existed stays).
+    coordinator = coordinator_identity(COORDINATOR, out_dir)
     ident = coordinator.identity
     plan_data = create_plan(name, ident, sites, settings)
     plan = plan_from_bytes(plan_data)
@@ -148,9 +151,15 @@ def initialise(
         provenance=provenance,
         signer=ident,
     )
-    # The plan goes last: a half-finished init never leaves a plan without its model.
-    write_atomic(model_path, model.data, force=force)
-    write_atomic(plan_path, plan_data, force=force)
+    with Undo() as undo:
+        undo.folder(out_dir)
+        if coordinator.created:
+            save_identity(coordinator, undo)
+        elif not coordinator.card_path.exists():
+            write_atomic(undo.file(coordinator.card_path), card_bytes(ident))
+        # The plan goes last: a half-finished init never leaves a plan without its model.
+        write_atomic(undo.file(model_path), model.data, force=force)
+        write_atomic(undo.file(plan_path), plan_data, force=force)
     return InitResult(
         plan_path,
         model_path,

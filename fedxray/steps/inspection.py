@@ -6,13 +6,18 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from fedxray.artifact import KINDS, parse_unverified, read_header
 from fedxray.cards import card_from_bytes
+from fedxray.data.shard import Shard
+from fedxray.data.shard_io import is_shard, shard_from_bytes
 from fedxray.errors import FedxrayError, VerificationError
 from fedxray.fsio import input_name
-from fedxray.keys import KEY_FORMAT, PrivateIdentity
+from fedxray.keys import KEY_FORMAT, PrivateIdentity, key_file_error
 from fedxray.modelfile import load_model_artifact
 from fedxray.plan import plan_from_bytes
+from fedxray.training.ledger import FORMAT as LEDGER_FORMAT
 from fedxray.verification import load_artifact
 
 SUFFIX_KIND = {suffix: kind for kind, suffix in KINDS.items()}
@@ -24,10 +29,18 @@ def expected_kind(path: str | Path) -> str | None:
 
 
 def describe(data: bytes, what: str) -> dict:
-    """Header fields of any fedxray file, unverified. Never shows private key material."""
-    if data.lstrip().startswith(b"{") and KEY_FORMAT.encode() in data[:200]:
-        d = json.loads(data)
-        return {"kind": "key", "name": d.get("name"), "note": "private key: contents not shown"}
+    """What any fedxray file says about itself, unverified (a shard's checksum is checked).
+
+    Never shows a secret: no private key material, no ledger seeds or noise draws (only the
+    spending), no pseudonyms or images of a shard (only counts).
+    """
+    doc = _json_document(data)
+    if data.lstrip()[:1] == b"{" and KEY_FORMAT.encode() in data[:200]:
+        return _describe_key(doc, data, what)
+    if isinstance(doc, dict) and doc.get("format") == LEDGER_FORMAT:
+        return describe_ledger(doc)
+    if is_shard(data):
+        return describe_shard(shard_from_bytes(data, what), len(data))
     art, _ = parse_unverified(data, what)
     h = art.header.to_dict()
     h["file_sha256"] = art.digest
@@ -38,6 +51,82 @@ def describe(data: bytes, what: str) -> dict:
     }
     h["signature_checked"] = False
     return h
+
+
+def _json_document(data: bytes):
+    if data.lstrip()[:1] != b"{":
+        return None
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _describe_key(doc, data: bytes, what: str) -> dict:
+    if not isinstance(doc, dict) or not isinstance(doc.get("name"), str):
+        raise key_file_error(what, data)
+    return {"kind": "key", "name": doc["name"], "note": "private key: contents not shown"}
+
+
+# Ledger fields shown by inspect: the spending, nothing that could replay a site's noise.
+_CALIBRATION = ("accountant", "target_epsilon", "delta", "unit", "noise_multiplier", "rounds",
+                "local_epochs", "first_round", "time")  # fmt: skip
+_ROUND = ("epochs", "epsilon_after", "finished")
+
+
+def describe_ledger(doc: dict) -> dict:
+    """A privacy ledger's summary: per federation, its calibration and spending by round."""
+    federations = doc.get("federations")
+    out = []
+    for fid, entry in sorted(federations.items() if isinstance(federations, dict) else ()):
+        entry = entry if isinstance(entry, dict) else {}
+        calibration = entry.get("calibration") or {}
+        rounds = entry.get("rounds") or {}
+        history = entry.get("history") or []
+        out.append(
+            {
+                "federation": fid,
+                "calibration": {k: calibration[k] for k in _CALIBRATION if k in calibration},
+                "epochs_recorded": len(history) if isinstance(history, list) else None,
+                "rounds": {
+                    str(r): {k: row[k] for k in _ROUND if k in row}
+                    for r, row in sorted(rounds.items(), key=lambda kv: _round_key(kv[0]))
+                    if isinstance(row, dict)
+                },
+            }
+        )
+    return {
+        "kind": "ledger",
+        "format": doc.get("format"),
+        "version": doc.get("version"),
+        "federations": out,
+        "note": "a site's privacy ledger: it never leaves the site (see: fedxray privacy)",
+    }
+
+
+def _round_key(r) -> tuple[int, str]:
+    return (int(r), "") if str(r).isdigit() else (1 << 62, str(r))
+
+
+def describe_shard(shard: Shard, size: int) -> dict:
+    """A shard's summary: counts, classes and size; never a pseudonym or a pixel."""
+    per_class = np.bincount(shard.labels, minlength=len(shard.classes))
+    meta = shard.meta
+    return {
+        "kind": "shard",
+        "format": meta.get("format"),
+        "created": meta.get("created"),
+        "image_size": shard.image_size,
+        "classes": list(shard.classes),
+        "images": len(shard),
+        "images_per_class": dict(zip(shard.classes, map(int, per_class), strict=True)),
+        "patients": shard.num_patients if shard.patients is not None else None,
+        "duplicates_left_out": 0 if shard.duplicate_ids is None else len(shard.duplicate_ids),
+        "pseudonyms": meta.get("pseudonyms"),
+        "bytes": size,
+        "checksum_checked": True,
+        "note": "a site's images: the shard never leaves the site",
+    }
 
 
 @dataclass

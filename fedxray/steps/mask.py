@@ -8,7 +8,7 @@ from pathlib import Path
 
 from fedxray.artifact import build_artifact
 from fedxray.errors import FedxrayError, ProtocolRefusal, VerificationError
-from fedxray.fsio import is_stdio, read_input, write_atomic
+from fedxray.fsio import input_name, is_stdio, read_input, write_atomic
 from fedxray.keys import PrivateIdentity
 from fedxray.plan import Plan
 from fedxray.secagg.records import SiteRound, now
@@ -44,7 +44,12 @@ class MaskResult:
 
 
 def mask_update(
-    update_bytes: bytes, plan: Plan, key: PrivateIdentity, state_dir: str | os.PathLike
+    update_bytes: bytes,
+    plan: Plan,
+    key: PrivateIdentity,
+    state_dir: str | os.PathLike,
+    *,
+    what: str = "update",
 ) -> MaskResult:
     """Turn this site's signed update into its signed masked update (one per round).
 
@@ -56,8 +61,8 @@ def mask_update(
     params = plan_params(plan)
     model_layout = plan.model_layout()
     layout = plan_layout(plan, model_layout)
-    upd = load_artifact(update_bytes, plan=plan, kind="update", sender=key.name, what="update")
-    check_tensor_layout(upd, model_layout, "update")
+    upd = load_artifact(update_bytes, plan=plan, kind="update", sender=key.name, what=what)
+    check_tensor_layout(upd, model_layout, what)
     r = upd.header.round
     if r < 1:
         raise VerificationError(f"the update names round {r}; rounds start at 1")
@@ -120,6 +125,9 @@ def mask_file(update: Path, me: Party, *, output: Path | None = None, force=Fals
             )
         output = update.with_suffix(".masked")
     check_output(output, force, update, f"the masked file would replace its update: {output}")
-    result = mask_update(read_input(update, "update"), me.plan, me.identity, me.state_dir)
+    result = mask_update(
+        read_input(update, "update"), me.plan, me.identity, me.state_dir,
+        what=input_name(update),
+    )  # fmt: skip
     write_atomic(output, result.data, force=force)
     return replace(result, path=output)

@@ -9,7 +9,7 @@ from pathlib import Path
 from fedxray.artifact import build_artifact, peek_header
 from fedxray.errors import FedxrayError, ProtocolRefusal, VerificationError
 from fedxray.filenames import round_file
-from fedxray.fsio import read_input, write_atomic
+from fedxray.fsio import input_name, read_input, write_atomic
 from fedxray.keys import PrivateIdentity
 from fedxray.plan import Plan
 from fedxray.secagg.records import now
@@ -40,7 +40,12 @@ class RevealResult:
 
 
 def reveal(
-    closure_bytes: bytes, plan: Plan, key: PrivateIdentity, state_dir: str | os.PathLike
+    closure_bytes: bytes,
+    plan: Plan,
+    key: PrivateIdentity,
+    state_dir: str | os.PathLike,
+    *,
+    what: str = "closure",
 ) -> RevealResult:
     """Answer the coordinator's closure: release this round's seeds shared with dropped sites
     (and, in strict mode, this site's self-mask seed). Only after masking this round, only
@@ -49,7 +54,7 @@ def reveal(
     plan.require_site(key)
     params = plan_params(plan)
     art = load_artifact(
-        closure_bytes, plan=plan, kind="closure", sender=plan.coordinator.name, what="closure"
+        closure_bytes, plan=plan, kind="closure", sender=plan.coordinator.name, what=what
     )
     r, parent = art.header.round, art.header.parent
     cohort = read_cohort(art.header.meta, plan, params, "the closure")
@@ -115,6 +120,6 @@ def reveal_file(
             )
         output = beside(closure, round_file("reveal", header.round, me.identity.name), Path("."))
     check_output(output, force)
-    result = reveal(data, me.plan, me.identity, me.state_dir)
+    result = reveal(data, me.plan, me.identity, me.state_dir, what=input_name(closure))
     write_atomic(output, result.data, force=force)
     return replace(result, path=output)

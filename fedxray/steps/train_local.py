@@ -8,10 +8,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fedxray.artifact import build_artifact, read_header
+from fedxray.data.shard import small_shard_warning
 from fedxray.data.shard_io import read_shard
 from fedxray.errors import FedxrayError, ProtocolRefusal
 from fedxray.filenames import round_file
-from fedxray.fsio import check_writable, read_input, write_atomic
+from fedxray.fsio import check_writable, input_name, read_input, write_atomic
 from fedxray.keys import PrivateIdentity
 from fedxray.modelfile import load_model_artifact
 from fedxray.plan import Plan
@@ -66,10 +67,12 @@ def train_local(
     seed: int | None = None,
     local_epsilon_cap: float | None = None,
     progress: Progress | None = None,
+    what: str = "global model",
 ) -> LocalRound:
-    """Verify the round's global model, train on the shard, return the signed update."""
+    """Verify the round's global model (``what`` names it), train on the shard, return the
+    signed update."""
     plan.require_site(key)
-    model = load_model_artifact(model_bytes, plan, what="global model")
+    model = load_model_artifact(model_bytes, plan, what=what)
     r = model.header.round
     rounds = plan.settings.training.rounds
     if not 1 <= r <= rounds:
@@ -99,6 +102,9 @@ def train_local(
         checkpoint_dir=checkpoint_dir,
         progress=progress,
     )
+    small = small_shard_warning(shard)
+    if small is not None:
+        result.warnings.insert(0, small)
     # Only what the protocol needs: losses are statistics of local data and stay in the summary.
     meta = {
         "num_examples": int(result.num_examples),
@@ -144,6 +150,7 @@ def train_file(
         key,
         ledger_path=ledger_path,
         checkpoint_dir=checkpoints,
+        what=input_name(model),
         **options,
     )
     write_atomic(out, local.update, force=force)

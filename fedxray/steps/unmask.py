@@ -10,7 +10,7 @@ from pathlib import Path
 from fedxray.artifact import Artifact, peek_header
 from fedxray.errors import FedxrayError, ProtocolRefusal, VerificationError
 from fedxray.filenames import round_file
-from fedxray.fsio import is_stdio, read_input, write_atomic
+from fedxray.fsio import input_name, is_stdio, read_input, write_atomic
 from fedxray.keys import PrivateIdentity
 from fedxray.modelfile import build_model_artifact, load_model_artifact
 from fedxray.plan import Plan
@@ -62,6 +62,7 @@ def unmask(
     *,
     fresh_server_state: bool = False,
     state_dir: str | os.PathLike | None = None,
+    names: tuple[str, str] = ("sum", "global model"),
 ) -> UnmaskResult:
     """Remove the remaining masks, average, apply the server step; return the next model.
 
@@ -71,13 +72,14 @@ def unmask(
     running the same round again recomputes the same step instead of applying it twice.
     ``state_dir`` (the coordinator's folder, as for aggregate) refuses a round that was
     abandoned and records that this one was unmasked, so it cannot be abandoned later.
+    ``names``: how messages name the sum and the model (their files, as given).
     """
     plan.require_coordinator(coordinator_key)
     params = plan_params(plan)
     layout = plan_layout(plan)
     cfg = plan.settings.server_config()  # bad server settings fail before any work
     total = load_artifact(
-        sum_bytes, plan=plan, kind="sum", sender=plan.coordinator.name, what="sum"
+        sum_bytes, plan=plan, kind="sum", sender=plan.coordinator.name, what=names[0]
     )
     r = total.header.round
     with coordinator_state(state_dir, coordinator_key.name, plan.federation_id) as st:
@@ -87,7 +89,7 @@ def unmask(
                 f"round {r} was abandoned; it can no longer be unmasked",
                 hint=f"round {r + 1} trains from the model re-issued when it was abandoned",
             )
-        model = load_model_artifact(global_model_bytes, plan, round_number=r, what="global model")
+        model = load_model_artifact(global_model_bytes, plan, round_number=r, what=names[1])
         if model.digest != total.header.parent:
             raise VerificationError(
                 f"the sum of round {r} was made from updates of another global model "
@@ -209,6 +211,7 @@ def unmask_files(
         server_state_path(me.state_dir, me.plan),
         fresh_server_state=fresh_server_state,
         state_dir=me.state_dir,
+        names=(input_name(total), input_name(model_path)),
     )
     write_atomic(out, result.model, force=force)
     return replace(result, path=out)

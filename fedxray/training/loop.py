@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedxray.data.shard import Shard
+from fedxray.devices import resolve_device
 from fedxray.errors import FedxrayError, ProtocolRefusal
 from fedxray.models.registry import build_model, get_spec, load_numpy_state, state_to_numpy
 from fedxray.training import budget, checkpoint
@@ -74,7 +75,7 @@ def train_round(
     """
     started = time.perf_counter()
     _check_inputs(shard, settings, round_number)
-    dev = torch.device(device)
+    dev = resolve_device(device)
     weights = _class_weights(settings, shard, dp)
     sampling = plan_sampling(shard, settings, dp)
     total_epochs, epoch_steps = settings.local_epochs, sampling.steps_per_epoch

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 from fedxray.errors import FedxrayError
 from fedxray.models.registry import model_names
+from fedxray.settings import LOCAL_OPTIMIZERS as OPTIMIZERS
 from fedxray.settings import FederationSettings
 
-OPTIMIZERS = ("sgd", "adam")
 # Plan settings that training knows under another name; the rest keep their names.
 _FROM_PLAN = {"dp.epsilon": "target_epsilon"}
 
