@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -36,6 +37,12 @@ def _train(d, plan, key, out, *extra):
     )  # fmt: skip
 
 
+def _new_site_folder(key, folder):
+    """A copy of the site's key in a folder of its own: a site that never trained."""
+    shutil.copy2(key, folder / key.name)
+    return folder / key.name
+
+
 def test_update_verifies_and_ledger_records_it(site):
     d, plan, key = site
     r = _train(d, plan, key, d / "a.update")
@@ -64,11 +71,12 @@ def test_update_verifies_and_ledger_records_it(site):
 
 def test_budget_refusal_writes_nothing(site, tmp_path):
     d, plan, key = site
-    ledger = tmp_path / "strict.ledger"
-    r = _train(d, plan, key, tmp_path / "x.update", "--ledger", ledger, "--max-epsilon", "0.01")
+    key = _new_site_folder(key, tmp_path)
+    r = _train(d, plan, key, tmp_path / "x.update", "--max-epsilon", "0.01")
     assert r.code == EXIT_BUDGET, r.err
     assert r.err.startswith("fedxray: error:") and "Traceback" not in r.err
     assert not (tmp_path / "x.update").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hosp-a.key"]  # no ledger, no record
 
 
 def test_no_dp_refused_when_plan_forbids(site, tmp_path):
