@@ -49,3 +49,19 @@ def assert_clean_error(r: Result, code: int, *words: str) -> None:
     assert r.out == "", r.out
     for w in words:
         assert w in r.err, (w, r.err)
+
+
+SITES = ("hosp-a", "hosp-b", "hosp-c")
+
+
+def make_federation(folder, name: str, *init_options, sites=SITES):
+    """Sites' keys in ``folder`` (made once) and a federation ``name`` over them, its plan
+    and round-1 model in ``folder/coordinator`` (or another ``-o`` in ``init_options``)."""
+    for s in sites:
+        if not (folder / f"{s}.key").exists():
+            assert run_cli("keygen", s, "-o", folder, "-q").code == 0
+    out = () if "-o" in init_options else ("-o", folder / "coordinator")
+    r = run_cli("init", "--name", name, *out, "-q", *init_options,
+                *(folder / f"{s}.pub" for s in sites))  # fmt: skip
+    assert r.code == 0, r.err
+    return r

@@ -8,21 +8,15 @@ import shutil
 import pytest
 
 from fedxray.errors import EXIT_BUDGET, EXIT_REFUSED, EXIT_VERIFY
-from tests.cli_helpers import run_cli
+from tests.cli_helpers import make_federation, run_cli
 from tests.conftest import REPO
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     d = tmp_path_factory.mktemp("fed")
-    for s in ("hosp-a", "hosp-b", "hosp-c"):
-        assert run_cli("keygen", s, "-o", d, "-q").code == 0
-    cards = [d / f"hosp-{s}.pub" for s in "abc"]
-    r = run_cli(
-        "init", "--name", "demo", "-o", d / "coord", "--image-size", "16", "--rounds", "2",
-        "--local-epochs", "1", "--epsilon", "4", "-q", *cards,
-    )  # fmt: skip
-    assert r.code == 0, r.err
+    make_federation(d, "demo", "-o", d / "coord", "--image-size", "16", "--rounds", "2",
+                    "--local-epochs", "1", "--epsilon", "4")  # fmt: skip
     plan, key = d / "coord" / "demo.plan", d / "hosp-a.key"
     r = run_cli("prep", REPO / "sample_data" / "hospital-c", "-o", d / "a.shard", "--plan", plan,
                 "--key", key, "-q")  # fmt: skip

@@ -20,7 +20,7 @@ import time
 import pytest
 
 from fedxray.training.ledger import DONE, SiteLedger
-from tests.cli_helpers import run_cli
+from tests.cli_helpers import make_federation, run_cli
 from tests.conftest import REPO
 
 SEED = "7"
@@ -62,14 +62,8 @@ def forks():
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory):
     d = tmp_path_factory.mktemp("kill")
-    for s in ("hosp-a", "hosp-b", "hosp-c"):
-        assert run_cli("keygen", s, "-o", d, "-q").code == 0
-    r = run_cli(
-        "init", "--name", "pneumo", "-o", d / "coord", "--model", "tinycnn", "--image-size", "16",
-        "--rounds", "2", "--local-epochs", str(EPOCHS), "--epsilon", "4", "-q",
-        *(d / f"hosp-{s}.pub" for s in "abc"),
-    )  # fmt: skip
-    assert r.code == 0, r.err
+    make_federation(d, "pneumo", "-o", d / "coord", "--model", "tinycnn", "--image-size", "16",
+                    "--rounds", "2", "--local-epochs", str(EPOCHS), "--epsilon", "4")  # fmt: skip
     r = run_cli("prep", REPO / "sample_data" / "hospital-c", "-o", d / "hosp-a.shard",
                 "--plan", d / "coord" / "pneumo.plan", "--key", d / "hosp-a.key", "-q")  # fmt: skip
     assert r.code == 0, r.err

@@ -12,11 +12,13 @@ import math
 
 from fedxray.errors import BudgetExceededError, FedxrayError
 from fedxray.training import accounting
-from fedxray.training.ledger import Ledger
+from fedxray.training.ledger import Ledger, SiteLedger
 from fedxray.training.sampling import Sampling
 from fedxray.training.settings import TrainSettings
 
 RAISE_HINT = "only the site may raise its budget, with the privacy command"
+# A federation that would get less than this share of its planned epsilon is refused.
+MIN_SHARE = 0.5
 
 
 def noise_multiplier(
@@ -41,9 +43,7 @@ def noise_multiplier(
                 f"delta changed: the ledger uses {ledger.delta:g}, the plan says {settings.delta:g}"
             )
         return ledger.noise_multiplier
-    site = ledger.site
-    if site.budget is None:  # the site's first DP federation: its target until the site decides
-        site.set_budget(settings.epsilon_budget, settings.delta, f"plan {ledger.name or '?'}")
+    site = adopt_site_budget(ledger, settings)
     _refuse_without_guarantee(ledger)
     # Calibrated ONCE, for every round still ahead, to end exactly within both caps.
     rounds_ahead = settings.rounds - round_number + 1
@@ -56,13 +56,15 @@ def noise_multiplier(
     try:
         shared = accounting.calibrate_noise(budget.epsilon, budget.delta, q, planned, others)
     except BudgetExceededError as e:
-        raise BudgetExceededError(
-            f"the site's privacy budget {budget.epsilon:g} (all federations) cannot fit this "
-            f"federation: {e.message}",
-            hint=RAISE_HINT,
-            option="set_budget",
-        ) from None
+        raise _no_room(budget.epsilon, e.message) from None
     sigma = max(own, shared)
+    ends_at = accounting.epsilon([(sigma, q, planned)], settings.delta)
+    if ends_at < MIN_SHARE * settings.epsilon_budget:
+        # So much noise would make this site's updates noise, not signal, for the federation.
+        raise _no_room(
+            budget.epsilon,
+            f"it leaves this federation epsilon {ends_at:.3g} of its {settings.epsilon_budget:g}",
+        )
     ledger.calibrate(
         noise_multiplier=sigma,
         delta=settings.delta,
@@ -77,8 +79,30 @@ def noise_multiplier(
         max_grad_norm=settings.max_grad_norm,
         bound_by="plan" if own >= shared else "site budget",
         site_budget=budget.epsilon,
+        planned_epsilon=ends_at,
     )
     return sigma
+
+
+def calibration_notes(ledger: Ledger) -> list[str]:
+    """What the site should know about its federation's noise (when the site's budget binds)."""
+    c = ledger.calibration or {}
+    if c.get("bound_by") != "site budget":
+        return []
+    return [
+        f"the site's budget {c['site_budget']:g} (all federations) binds: this federation's "
+        f"noise was raised so that its epsilon ends at {c['planned_epsilon']:.3g}, not "
+        f"{c['target_epsilon']:g}"
+    ]
+
+
+def _no_room(budget: float, why: str) -> BudgetExceededError:
+    return BudgetExceededError(
+        f"the site's privacy budget {budget:g} (all federations) has no room for this "
+        f"federation: {why}; nothing was trained",
+        hint=RAISE_HINT,
+        option="set_budget",
+    )
 
 
 def check_budget(
@@ -102,9 +126,7 @@ def check_budget(
             f"round {round_number} would raise epsilon from {spent:.3g} to {after:.3g}, "
             f"over the {which} {budget:g}; nothing was trained",
         )
-    site = ledger.site
-    if site.budget is None:
-        return
+    site = adopt_site_budget(ledger, settings)
     _refuse_without_guarantee(ledger)
     total, total_after = site.total_epsilon(), site.total_epsilon(planned=planned)
     if total_after > site.budget.epsilon * (1 + 1e-9):
@@ -115,6 +137,15 @@ def check_budget(
             hint=RAISE_HINT,
             option="set_budget",
         )
+
+
+def adopt_site_budget(ledger: Ledger, settings: TrainSettings) -> SiteLedger:
+    """The site's budget is the first DP federation's target until the site sets its own
+    (also for a ledger imported without one). Saved with the ledger's next write."""
+    site = ledger.site
+    if site.budget is None:
+        site.set_budget(settings.epsilon_budget, settings.delta, f"plan {ledger.name or '?'}")
+    return site
 
 
 def _refuse_without_guarantee(ledger: Ledger) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from fedxray.errors import FedxrayError
 from fedxray.fsio import exclusive_lock, write_atomic
+from fedxray.settings import option_default
 from fedxray.training import accounting
 
 FORMAT = "fedxray-privacy-ledger"
@@ -104,9 +105,12 @@ class SiteLedger:
         """Set the site's cap (the site's decision; every change is kept in the file)."""
         if not (math.isfinite(epsilon) and epsilon > 0):
             raise FedxrayError(f"the site's budget must be a positive epsilon, got {epsilon}")
-        delta = self.site_delta if delta is None else float(delta)
-        if delta is None or not 0 < delta < 1:
-            raise FedxrayError("the site's budget needs a delta in (0, 1)", option="budget_delta")
+        if delta is None:  # the site's delta so far, else the plans' default
+            delta = self.site_delta if self.site_delta is not None else option_default("delta")
+        if not 0 < delta < 1:
+            raise FedxrayError(
+                f"the site's budget needs a delta in (0, 1), got {delta:g}", option="budget_delta"
+            )
         b = {"epsilon": float(epsilon), "delta": delta, "source": source, "time": now()}
         self.doc["budget"] = b
         self.doc.setdefault("budget_changes", []).append(b)

@@ -26,7 +26,7 @@ from fedxray.models.registry import build_model, get_spec, load_numpy_state, sta
 from fedxray.training import budget, checkpoint, replay
 from fedxray.training.augment import augment
 from fedxray.training.dp_engine import DPEngine, NoiseGenerator, PrivateOptimizer
-from fedxray.training.ledger import Ledger, SiteLedger, ledger_lock
+from fedxray.training.ledger import DONE, Ledger, SiteLedger, ledger_lock
 from fedxray.training.sampling import plan_sampling
 from fedxray.training.settings import TrainSettings
 
@@ -127,19 +127,9 @@ def train_round(
                 if progress is not None and i < epoch_steps:  # the epoch's last is below
                     progress(first + i, total_epochs * epoch_steps)
 
-            entry, replaying = rounds.begin(epoch, state)
-            back = checkpoint.snapshot(model, optimizer) if replaying else None
-            loss = epoch_runner.run(entry["seed"], step_done)
-            tensors = checkpoint.training_tensors(model, optimizer)
-            result = checkpoint.tensors_hash(tensors)
-            if replaying and not rounds.replay_matches(entry, result):
-                # Not the result it gave before (non-deterministic hardware): never use it.
-                checkpoint.load_training_state(back, model, optimizer)
-                rounds.recount(entry, "replaying it gave another result than the first time")
-                entry = rounds.fresh(epoch, state)
-                loss, replaying = epoch_runner.run(entry["seed"], step_done), False
-                tensors = checkpoint.training_tensors(model, optimizer)
-                result = checkpoint.tensors_hash(tensors)
+            entry, loss, tensors, result, replaying = _epoch(
+                rounds, epoch_runner, optimizer, epoch, state, step_done
+            )
             replayed += replaying
             losses.append(loss)
             # The ledger says "done" only once the epoch's checkpoint is safely written.
@@ -169,7 +159,7 @@ def train_round(
         resumed_from_epoch=done,
         replayed_epochs=replayed,
         site_epsilon=ledger.site.cached_total(),
-        warnings=[*sampling.warnings, *rounds.warnings()],
+        warnings=[*sampling.warnings, *budget.calibration_notes(ledger), *rounds.warnings()],
     )
 
 
@@ -190,6 +180,27 @@ def _open_for_spending(ledger: Ledger, before_spending) -> None:
         ledger.save()
     if before_spending is not None:
         before_spending(ledger.site)
+
+
+def _epoch(rounds: replay.RoundReplay, runner: _Epochs, optimizer, epoch: int, state: str,
+           step_done):  # fmt: skip
+    """Run ``epoch`` from the state hashing to ``state``: replayed with its recorded seed, or
+    as a new, counted record. (record, loss, state tensors, their hash, whether replayed)."""
+    model = runner.model
+    entry, replaying = rounds.begin(epoch, state)
+    while True:
+        # A replay of an epoch that had finished must give its recorded result again.
+        check = replaying and entry["status"] == DONE
+        back = checkpoint.snapshot(model, optimizer) if check else None
+        loss = runner.run(entry["seed"], step_done)
+        tensors = checkpoint.training_tensors(model, optimizer)
+        result = checkpoint.tensors_hash(tensors)
+        if not check or rounds.replay_matches(entry, result):
+            return entry, loss, tensors, result, replaying
+        # Not the result it gave before (non-deterministic hardware): never use it.
+        checkpoint.load_training_state(back, model, optimizer)
+        rounds.recount(entry, "replaying it gave another result than the first time")
+        entry, replaying = rounds.fresh(epoch, state), False
 
 
 def _restore(resume: checkpoint.Resume, rounds: replay.RoundReplay, model, optimizer):
