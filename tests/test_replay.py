@@ -187,3 +187,18 @@ def test_a_finished_round_without_its_checkpoint_is_counted_again_and_says_so(tm
     assert again.epsilon > first.epsilon
     assert any("seed was erased" in w for w in again.warnings)
     assert Ledger.load(tmp_path / "ledger.json", "fed-1").epochs_recorded(1) == 4
+
+
+def test_an_interrupted_round_leaves_the_last_round_possible(tmp_path):
+    # The issue's case: 2 rounds of 4 epochs calibrated to end at the budget; a kill once the
+    # ledger holds 2 epochs used to count one twice, and the last round was then refused.
+    s = settings(rounds=2, local_epochs=4)
+    whole = sub(tmp_path, "whole")
+    run(whole, s)
+    uninterrupted = run(whole, s, round_number=2).epsilon
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, s, progress=crash_at(4))  # in epoch 2, after epoch 1's checkpoint
+    assert run(tmp_path, s).replayed_epochs == 1
+    last = run(tmp_path, s, round_number=2)
+    assert last.epsilon == uninterrupted
+    assert s.target_epsilon * (1 - 1e-3) < last.epsilon <= s.target_epsilon

@@ -95,6 +95,8 @@ class RoundReplay:
         """Why ``entry`` cannot be replayed from a state hashing to ``start_sha256``."""
         if entry["status"] == ABANDONED:
             return "it was abandoned"
+        if not entry.get("inputs"):
+            return "it was recorded without a seed (by an older fedxray)"
         if entry.get("seed") is None:
             return "its seed was erased when the round finished and its checkpoint is gone"
         recorded = entry.get("inputs", {})
