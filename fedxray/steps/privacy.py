@@ -113,7 +113,7 @@ def privacy_report(
             f"the site's total epsilon {total:.3f} is over its budget {site.budget.epsilon:g}: "
             "training is refused until the site raises it"
         )
-    feds = site.federation_ids()
+    feds = sorted(site.federation_ids(), key=lambda fid: _first_trained(site.federation(fid)))
     if plan is not None:
         feds = [plan.federation_id] if plan.federation_id in feds else []
     out = [_spending(site.federation(fid), plan) for fid in feds]
@@ -137,6 +137,11 @@ def _set_budget(site: SiteLedger, epsilon, delta, changes: list[str]) -> list[st
             "its patients' data may now be used for more training than before"
         ]
     return []
+
+
+def _first_trained(fed: Ledger) -> str:
+    """When a federation was first trained at the site (its order in the report)."""
+    return min((e["time"] for e in fed.entries()), default="~")
 
 
 def _spending(fed: Ledger, plan: Plan | None) -> Spending:
