@@ -45,7 +45,7 @@ SCENARIOS = {
         ("ledger", "before", 2),  # recording epoch 2
         ("step", "after", 5),  # in epoch 3
     ],
-    "at random moments": ["random"] * 4,
+    **{f"at a random moment ({i})": ["random"] for i in range(1, 5)},
 }
 
 
