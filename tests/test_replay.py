@@ -202,3 +202,10 @@ def test_an_interrupted_round_leaves_the_last_round_possible(tmp_path):
     last = run(tmp_path, s, round_number=2)
     assert last.epsilon == uninterrupted
     assert s.target_epsilon * (1 - 1e-3) < last.epsilon <= s.target_epsilon
+
+
+def test_a_federation_without_dp_leaves_no_guarantee_for_any_other(tmp_path):
+    run(tmp_path, settings(), dp=False)
+    with pytest.raises(BudgetExceededError, match="without DP: no privacy guarantee remains"):
+        run(tmp_path, settings(), federation_id="fed-2")
+    assert SiteLedger.load(tmp_path / "ledger.json").total_epsilon() == math.inf

@@ -156,6 +156,6 @@ def _refuse_without_guarantee(ledger: Ledger) -> None:
         raise BudgetExceededError(
             f"this site trained federation {name} without DP: no privacy guarantee remains "
             "for its patients, so the site's total epsilon is infinite; nothing was trained",
-            hint="DP training on these patients needs a site that knowingly starts a new ledger",
+            hint="a site that knowingly starts over names a new ledger file",
             option="new_ledger",
         )
