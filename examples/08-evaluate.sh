@@ -8,4 +8,4 @@ cp "$USB/round-$R.model" "$S/"
 fedxray prep "$DATA" -o "$S/test.shard" --plan "$S/$FED.plan" --key "$S/$SITE.key" -q --force
 fedxray evaluate "$S/round-$R.model" "$S/test.shard" --plan "$S/$FED.plan" --bootstrap 200 \
     --json > "$S/evaluation-round-$R.json"
-fedxray privacy "$S/$SITE-$FED.ledger"
+fedxray privacy "$S/$SITE.ledger"

@@ -137,8 +137,9 @@ def build_artifact(
     meta: dict,
     tensors: dict[str, np.ndarray],
     signer: PrivateIdentity,
+    created: str | None = None,
 ) -> SignedArtifact:
-    """Serialise and sign an artifact."""
+    """Serialise and sign an artifact (``created``: its time, by default now)."""
     if kind not in KINDS:
         raise ValueError(f"unknown artifact kind {kind!r}")
     if signer.name != sender:
@@ -149,17 +150,15 @@ def build_artifact(
         federation=federation,
         round=int(round),
         sender=sender,
-        created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        created=created or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         parent=parent,
         payload_sha256="0" * 64,  # patched in place below, once the payload is laid out
         meta=meta,
     )
-    unsigned = _safetensors_save(
-        arrays,
-        metadata={"fedxray": canonical_json(header.to_dict()), "signature": _PLACEHOLDER},
-    )
+    metadata = {"fedxray": canonical_json(header.to_dict()), "signature": _PLACEHOLDER}
+    unsigned = _safetensors_save(arrays, metadata=metadata)
     head_end = 8 + struct.unpack("<Q", unsigned[:8])[0]
-    head = bytearray(unsigned[:head_end])
+    head = _canonical_metadata_order(bytearray(unsigned[:head_end]), metadata)
     sig_marker = f'"{_PLACEHOLDER}"'.encode()
     if head.count(_PAYLOAD_MARK) != 1 or head.count(sig_marker) != 1:
         raise RuntimeError("unexpected safetensors layout")
@@ -172,6 +171,25 @@ def build_artifact(
     head[sig_start : sig_start + SIG_HEX_LEN] = signature.encode()
     # One copy of the payload: the patched header and the data, joined.
     return SignedArtifact(b"".join((head, payload)), artifact_id(bytes(head)), payload_sha256)
+
+
+def _canonical_metadata_order(head: bytearray, metadata: dict[str, str]) -> bytearray:
+    """The safetensors header with its metadata entries in one fixed order.
+
+    safetensors writes the metadata map in hash order, which changes from process to process;
+    the same artifact must give the same bytes (a re-made update is accepted by ``mask``), so
+    the two entries are put in sorted order (same length: only their order changes).
+    """
+
+    def text(keys) -> bytes:
+        return json.dumps({k: metadata[k] for k in keys}, separators=(",", ":")).encode()
+
+    ordered, swapped = text(sorted(metadata)), text(sorted(metadata, reverse=True))
+    if head.count(ordered) + head.count(swapped) != 1:
+        raise RuntimeError("unexpected safetensors layout")
+    start = max(head.find(ordered), head.find(swapped))
+    head[start : start + len(ordered)] = ordered
+    return head
 
 
 def _fail(msg: str) -> VerificationError:

@@ -124,3 +124,20 @@ def test_parse_unverified_reports_header(fed):
     art, _ = parse_unverified(_update(plan, sites[1], round_=4))
     assert (art.header.kind, art.header.round, art.header.sender) == ("update", 4, "b")
     assert len(art.header.payload_sha256) == 64
+
+
+def test_same_artifact_same_bytes(fed):
+    # safetensors writes its metadata map in hash order, which changes from map to map; a
+    # re-made update must be byte-identical (mask accepts it by its id), so the order is fixed.
+    _, sites, plan = fed
+    made = {
+        build_artifact(
+            "update", federation=plan.federation_id, round=1, sender=sites[0].name,
+            parent="p" * 64, meta={"num_examples": 3}, signer=sites[0],
+            tensors={"w": np.ones((2, 3), np.float32)}, created="2026-01-01T00:00:00Z",
+        ).data
+        for _ in range(16)
+    }  # fmt: skip
+    assert len(made) == 1
+    art = load_artifact(made.pop(), plan=plan, kind="update", sender=sites[0].name)
+    assert art.header.created == "2026-01-01T00:00:00Z"

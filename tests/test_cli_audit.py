@@ -116,7 +116,7 @@ def fed(tmp_path_factory) -> Federation:
     ok("unmask", coord / "round-0001.sum", "--plan", plan, "--key", key, "--model", model,
        "-o", coord / "round-0002.model")  # fmt: skip
     return Federation(root, plan, model, coord / "round-0002.model", a / "hospital-a.shard",
-                      a / "hospital-a.holdout.shard", a / "hospital-a-leaky.ledger")  # fmt: skip
+                      a / "hospital-a.holdout.shard", a / "hospital-a.ledger")  # fmt: skip
 
 
 def test_overfitted_non_private_model_shows_clear_leakage(fed):

@@ -3,25 +3,20 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
 from fedxray.errors import EXIT_BUDGET, EXIT_REFUSED, EXIT_VERIFY
-from tests.cli_helpers import run_cli
+from tests.cli_helpers import make_federation, run_cli
 from tests.conftest import REPO
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     d = tmp_path_factory.mktemp("fed")
-    for s in ("hosp-a", "hosp-b", "hosp-c"):
-        assert run_cli("keygen", s, "-o", d, "-q").code == 0
-    cards = [d / f"hosp-{s}.pub" for s in "abc"]
-    r = run_cli(
-        "init", "--name", "demo", "-o", d / "coord", "--image-size", "16", "--rounds", "2",
-        "--local-epochs", "1", "--epsilon", "4", "-q", *cards,
-    )  # fmt: skip
-    assert r.code == 0, r.err
+    make_federation(d, "demo", "-o", d / "coord", "--image-size", "16", "--rounds", "2",
+                    "--local-epochs", "1", "--epsilon", "4")  # fmt: skip
     plan, key = d / "coord" / "demo.plan", d / "hosp-a.key"
     r = run_cli("prep", REPO / "sample_data" / "hospital-c", "-o", d / "a.shard", "--plan", plan,
                 "--key", key, "-q")  # fmt: skip
@@ -34,6 +29,12 @@ def _train(d, plan, key, out, *extra):
         "train-local", d / "coord" / "round-0001.model", "--data", d / "a.shard", "--plan", plan,
         "--key", key, "-o", out, "--json", *extra,
     )  # fmt: skip
+
+
+def _new_site_folder(key, folder):
+    """A copy of the site's key in a folder of its own: a site that never trained."""
+    shutil.copy2(key, folder / key.name)
+    return folder / key.name
 
 
 def test_update_verifies_and_ledger_records_it(site):
@@ -64,11 +65,12 @@ def test_update_verifies_and_ledger_records_it(site):
 
 def test_budget_refusal_writes_nothing(site, tmp_path):
     d, plan, key = site
-    ledger = tmp_path / "strict.ledger"
-    r = _train(d, plan, key, tmp_path / "x.update", "--ledger", ledger, "--max-epsilon", "0.01")
+    key = _new_site_folder(key, tmp_path)
+    r = _train(d, plan, key, tmp_path / "x.update", "--max-epsilon", "0.01")
     assert r.code == EXIT_BUDGET, r.err
     assert r.err.startswith("fedxray: error:") and "Traceback" not in r.err
     assert not (tmp_path / "x.update").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hosp-a.key"]  # no ledger, no record
 
 
 def test_no_dp_refused_when_plan_forbids(site, tmp_path):

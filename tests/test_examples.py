@@ -7,7 +7,6 @@ that has fedxray, and its bin/ folder is not on PATH.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.chance import fewest_correct_beyond_chance
 from tests.cli_helpers import run_cli
 from tests.conftest import REPO
 
@@ -40,16 +40,6 @@ def demo(tmp_path_factory):
     )
     assert p.returncode == 0, p.stderr[-3000:]
     return work, p
-
-
-def fewest_correct_beyond_chance(n: int, classes: int, alpha: float) -> int:
-    """Fewest correct answers out of n that guessing (1/classes) reaches with chance < alpha."""
-    p, tail = 1 / classes, 0.0
-    for k in range(n, -1, -1):
-        tail += math.comb(n, k) * p**k * (1 - p) ** (n - k)
-        if tail >= alpha:
-            return k + 1
-    return 0
 
 
 def test_demo_produces_a_verified_final_model(demo):

@@ -110,7 +110,7 @@ FLOATS = {  # every float option of the command line, with a command that reache
     ("init", "--lr"), ("init", "--epsilon"), ("init", "--delta"), ("init", "--clip-norm"),
     ("init", "--server-lr"), ("simulate", "--lr"), ("simulate", "--epsilon"),
     ("simulate", "--skew"), ("train-local", "--max-epsilon"), ("predict", "--min-confidence"),
-    ("prep", "--holdout"),
+    ("prep", "--holdout"), ("privacy", "--set-budget"), ("privacy", "--budget-delta"),
 }  # fmt: skip
 
 
@@ -143,6 +143,7 @@ def test_non_finite_floats_are_refused(fault_fed, tmp_path, command, option, val
         "predict": ("predict", f.model(2), REPO / "sample_data" / "test", "--plan", f.plan),
         "prep": ("prep", REPO / "sample_data" / "hospital-c", "-o", tmp_path / "c.shard",
                  "--plan", f.plan, "--key", f.key("hosp-a")),
+        "privacy": ("privacy", tmp_path / "site.ledger"),
     }[command]  # fmt: skip
     r = run_cli(*args, f"{option}={value}")
     assert_clean_error(r, EXIT_ERROR, f"{option} must be a finite number, got {value}")

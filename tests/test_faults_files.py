@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 
 import numpy as np
 from PIL import Image
@@ -27,11 +28,12 @@ from tests.images import phantom_png
 
 
 def test_inspect_shows_a_ledger(fault_fed):
-    ledger = fault_fed.root / "hosp-a-demo.ledger"
+    ledger = fault_fed.root / "hosp-a.ledger"
     r = run_cli("inspect", ledger, "--json")
     assert r.code == 0, r.err
     doc = json.loads(r.out)
     assert doc["kind"] == "ledger" and doc["format"] == "fedxray-privacy-ledger"
+    assert len(doc["ledger_id"]) == 32 and "budget" in doc and "total" in doc
     (fed,) = doc["federations"]
     assert fed["rounds"]["1"]["finished"] is True and fed["epochs_recorded"] == 5
     # Spending only: nothing a replay of the site's noise could start from.
@@ -66,7 +68,12 @@ def test_train_local_warns_on_a_small_shard(fault_fed, tmp_path):
         folder = ("NORMAL", "PNEUMONIA")[i % 2]
         kind = "" if folder == "NORMAL" else "virus_"
         phantom_png(images / folder / f"person{i}_{kind}{i}.png", i)
-    site = ("--plan", fault_fed.plan, "--key", fault_fed.key("hosp-a"))
+    # A copy of the key in a folder of its own: the site's record of earlier training (and its
+    # checkpoints) live beside the key, and this test must not add to the shared site's.
+    key = tmp_path / "keys" / "hosp-a.key"
+    key.parent.mkdir()
+    shutil.copy2(fault_fed.key("hosp-a"), key)
+    site = ("--plan", fault_fed.plan, "--key", key)
     small = tmp_path / "small.shard"
     assert run_cli("prep", images, "-o", small, "--workers", "1", "-q", *site).code == 0
     r = run_cli("train-local", fault_fed.model(2), "--data", small, "--no-dp", "--json",
@@ -96,7 +103,11 @@ def test_predict_flags_noise_and_not_phantoms(fault_fed, tmp_path):
         size = (256, 256) if i % 2 else (300, 240)
         Image.fromarray(rng.integers(0, 256, size, dtype=np.uint8)).save(noise / f"n{i}.png")
     phantoms = REPO / "sample_data" / "test"
-    r = run_cli("predict", fault_fed.model(2), phantoms, noise, "--plan", fault_fed.plan)
+    # The plausibility checks alone (--min-confidence 0): this small test model is barely
+    # above chance, so its confidence says little (benchmarks/bench_ood.py measures the
+    # default threshold on real radiographs).
+    r = run_cli("predict", fault_fed.model(2), phantoms, noise, "--plan", fault_fed.plan,
+                "--min-confidence", "0")  # fmt: skip
     assert r.code == 0, r.err
     rows = [row for row in csv.DictReader(io.StringIO(r.out)) if not row["error"]]
     flagged = {row["path"] for row in rows if row["ood"] == "yes"}
@@ -104,8 +115,14 @@ def test_predict_flags_noise_and_not_phantoms(fault_fed, tmp_path):
     assert len(real) == 120 and not flagged & {row["path"] for row in real}
     assert flagged == {str(noise / f"n{i}.png") for i in range(10)}
     assert all("noise" in row["ood_reasons"].split(";") for row in rows if row["ood"] == "yes")
-    assert all(float(row["confidence"]) >= MIN_CONFIDENCE for row in real)
+    assert all(0 <= float(row["confidence"]) <= 1 for row in rows)
     assert "warning: 10 of 130 image(s) look out of distribution" in r.err
+    # At the default threshold, "low-confidence" is exactly a confidence below it.
+    d = run_cli("predict", fault_fed.model(2), phantoms, "--plan", fault_fed.plan)
+    for row in (row for row in csv.DictReader(io.StringIO(d.out)) if not row["error"]):
+        low = float(row["confidence"]) < MIN_CONFIDENCE
+        assert ("low-confidence" in row["ood_reasons"].split(";")) == low
+        assert (row["ood"] == "yes") == low  # phantoms pass every plausibility check
     # JSON lines carry the same flag; a threshold above every confidence flags every image.
     j = run_cli("predict", fault_fed.model(2), noise / "n0.png", "--plan", fault_fed.plan,
                 "--json", "--min-confidence", "1")  # fmt: skip

@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -37,6 +38,9 @@ def _commands(fed, out):
     ``out``, the site's ledger (its memory, which a failed write must not lose) beside it."""
     a = ("--plan", fed.plan, "--key", fed.key("hosp-a"))
     state = out.parent / "state"
+    # train-local with a copy of the key in a folder of its own: the site's record of earlier
+    # training lives beside the key, and a --no-dp round must not touch the shared site's.
+    t = ("--plan", fed.plan, "--key", _own_key(fed.key("hosp-a"), out.parent / "site"))
     coord = ("--plan", fed.plan, "--key", fed.coord / "coordinator.key")
     return {
         "keygen": (".pub", ("keygen", "hosp-x", "-o", out)),
@@ -47,11 +51,11 @@ def _commands(fed, out):
                             "--workers", "1", *a)),
         "train-local": (".update", ("train-local", fed.model(2), "--data", fed.shard("hosp-a"),
                                     "--no-dp", "-o", out / "a.update",
-                                    "--ledger", state / "a.ledger", *a)),
+                                    "--ledger", state / "a.ledger", *t)),
         "train-local ledger": (".ledger", ("train-local", fed.model(2), "--data",
                                            fed.shard("hosp-a"), "--no-dp",
                                            "-o", out / "a.update",
-                                           "--ledger", out / "a.ledger", *a)),
+                                           "--ledger", out / "a.ledger", *t)),
         "mask": (".masked", ("mask", fed.update("hosp-a"), "-o", out / "a.masked", *a)),
         "aggregate": (".sum", ("aggregate", *(fed.masked(s) for s in ("hosp-a", "hosp-b")),
                                "-o", out / "r1.sum", *coord)),
@@ -60,6 +64,12 @@ def _commands(fed, out):
         "predict": (".csv", ("predict", fed.model(2), REPO / "sample_data" / "test" /
                              "img0001.dcm", "--plan", fed.plan, "-o", out / "p.csv")),
     }  # fmt: skip
+
+
+def _own_key(key, folder):
+    folder.mkdir(exist_ok=True)
+    shutil.copy2(key, folder / key.name)
+    return folder / key.name
 
 
 COMMANDS = ["keygen", "init", "prep", "train-local", "train-local ledger", "mask", "aggregate",

@@ -16,7 +16,7 @@ import pytest
 
 from fedxray.errors import FedxrayError
 from fedxray.training import accounting
-from fedxray.training.ledger import Ledger, ledger_lock, privacy_rows
+from fedxray.training.ledger import Ledger, ledger_lock
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,7 +31,8 @@ def calibrated(path, fid="fed", sigma=1.2, delta=1e-5):
 def test_missing_ledger_is_empty(tmp_path):
     ledger = Ledger.load(tmp_path / "ledger.json", "fed")
     assert ledger.epsilon() == 0.0 and ledger.rounds() == [] and ledger.calibration is None
-    assert privacy_rows(tmp_path / "ledger.json", "fed") == []
+    assert ledger.site.total_epsilon() == 0.0 and not ledger.site.exists
+    assert len(ledger.site.ledger_id) == 32  # a random id, fixed once the file is written
     assert not (tmp_path / "ledger.json").exists()
 
 
@@ -39,15 +40,16 @@ def test_records_survive_reload_and_match_the_accountant(tmp_path):
     path = tmp_path / "ledger.json"
     ledger = calibrated(path)
     e1 = ledger.record_epoch(round_number=1, epoch=1, steps=10, noise_multiplier=1.2,
-                             sample_rate=0.1)  # fmt: skip
+                             sample_rate=0.1)["epsilon_after"]  # fmt: skip
     ledger.record_epoch(round_number=1, epoch=2, steps=10, noise_multiplier=1.2, sample_rate=0.1)
     ledger.finish_round(1)
     e3 = ledger.record_epoch(round_number=2, epoch=1, steps=10, noise_multiplier=1.2,
-                             sample_rate=0.1)  # fmt: skip
+                             sample_rate=0.1)["epsilon_after"]  # fmt: skip
     ledger.save()
     assert os.stat(path).st_mode & 0o777 == 0o600
     again = Ledger.load(path, "fed")
     assert again.to_dict() == ledger.to_dict()
+    assert again.site.ledger_id == ledger.site.ledger_id
     assert again.epsilon() == pytest.approx(accounting.epsilon([(1.2, 0.1, 30)], 1e-5))
     assert e1 < e3 == pytest.approx(again.epsilon())
     rows = again.rounds()
@@ -85,9 +87,9 @@ def test_calibration_is_stored_once(tmp_path):
 
 def test_non_private_epoch_makes_epsilon_infinite(tmp_path):
     ledger = Ledger.load(tmp_path / "l.json", "fed")
-    eps = ledger.record_epoch(round_number=1, epoch=1, steps=5, noise_multiplier=None,
-                              sample_rate=1.0)  # fmt: skip
-    assert eps == math.inf and ledger.non_private
+    entry = ledger.record_epoch(round_number=1, epoch=1, steps=5, noise_multiplier=None,
+                                sample_rate=1.0)  # fmt: skip
+    assert entry["epsilon_after"] is None and ledger.epsilon() == math.inf and ledger.non_private
     ledger.save()  # infinity is stored as null: the file stays valid JSON
     doc = json.loads((tmp_path / "l.json").read_text())
     assert doc["federations"]["fed"]["rounds"]["1"]["epsilon_after"] is None

@@ -196,7 +196,8 @@ def test_noise_std_is_sigma_c_over_expected_batch():
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     private = dp_engine.PrivateOptimizer(
         opt, dp_engine.DPEngine(model, s.max_grad_norm), noise_multiplier=1.5,
-        expected_batch_size=0.2 * 50, generator=torch.Generator().manual_seed(0),
+        expected_batch_size=0.2 * 50,
+        generator=dp_engine.NoiseGenerator(np.random.SeedSequence(0)),
     )  # fmt: skip
     private.zero_grad()
     private.step()  # nothing was sampled: no clipped gradient, only noise
@@ -319,18 +320,25 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path):
     assert Ledger.load(b / "ledger.json", "fed-1").epochs_recorded(1) == 2
 
 
-def test_crash_mid_epoch_is_counted_not_forgotten(tmp_path):
+def test_crash_mid_epoch_is_replayed_and_counted_once(tmp_path):
+    whole = run(sub(tmp_path, "whole"))
+
     def crash(done, total):
-        if done == 1:
+        if done == 4:  # the middle of the second epoch
             raise RuntimeError("power cut")
 
     with pytest.raises(RuntimeError):
         run(tmp_path, progress=crash)
     ledger = Ledger.load(tmp_path / "ledger.json", "fed-1")
-    assert ledger.epochs_recorded(1) == 1  # counted before its first step
+    assert [e["status"] for e in ledger.entries(1)] == ["done", "started"]  # counted up front
     r = run(tmp_path)
-    assert r.resumed_from_epoch == 0 and r.steps == 6
-    assert Ledger.load(tmp_path / "ledger.json", "fed-1").epochs_recorded(1) == 3
+    assert r.resumed_from_epoch == 1 and r.replayed_epochs == 1 and r.steps == 3
+    assert r.epsilon == whole.epsilon  # the replayed epoch is not counted again
+    for k in whole.delta:
+        np.testing.assert_array_equal(r.delta[k], whole.delta[k])
+    ledger = Ledger.load(tmp_path / "ledger.json", "fed-1")
+    assert ledger.epochs_recorded(1) == 2 and ledger.round_finished(1)
+    assert all(e["seed"] is None for e in ledger.entries())  # erased once the round finished
 
 
 def test_checkpoint_from_another_global_model_is_not_reused(tmp_path):

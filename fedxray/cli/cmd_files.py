@@ -63,8 +63,14 @@ def _text(value) -> str:
 
 def _render_ledger(ui: Ui, file: str, info: dict) -> None:
     ui.info(f"{file}: {info['note']}")
+    site = {"ledger id": info.get("ledger_id")}
+    for part in ("budget", "total"):
+        for k, v in (info.get(part) or {}).items():
+            site[f"{part} {k}"] = v
+    ui.kv("site", site)
     for fed in info["federations"]:
-        ui.kv(f"federation {fed['federation']}", {**fed["calibration"],
+        title = f"federation {fed['federation']}" + (f" ({fed['name']})" if fed.get("name") else "")
+        ui.kv(title, {**fed["calibration"],
               "epochs recorded": fed["epochs_recorded"]})  # fmt: skip
         rows = [(r, v.get("epochs"), v.get("epsilon_after"), v.get("finished"))
                 for r, v in fed["rounds"].items()]  # fmt: skip

@@ -29,7 +29,12 @@ EXAMPLES = {
         ),
     ],
     "privacy": [
-        ("Show what hospital-a has spent", "fedxray privacy hospital-a-pneumo.ledger"),
+        ("Show what hospital-a has spent", "fedxray privacy hospital-a.ledger"),
+        ("Set the site's own budget", "fedxray privacy hospital-a.ledger --set-budget 6"),
+        (
+            "Bring in a ledger of fedxray 0.x",
+            "fedxray privacy hospital-a.ledger --import hospital-a-pneumo.ledger",
+        ),
     ],
 }
 
@@ -42,7 +47,10 @@ def train_local(
     output: output_option("Update file. Default: SITE-round-NNNN.update beside MODEL.") = None,
     ledger: Annotated[
         Path | None,
-        typer.Option("--ledger", help="Privacy ledger. Default: KEY-PLANNAME.ledger beside KEY."),
+        typer.Option(
+            "--ledger",
+            help="Privacy ledger. Default: SITE.ledger beside KEY (one for every federation).",
+        ),
     ] = None,
     device: DeviceOpt = "cpu",
     no_dp: Annotated[
@@ -51,28 +59,47 @@ def train_local(
     ] = False,
     max_epsilon: Annotated[
         float | None,
-        typer.Option("--max-epsilon", help="A stricter local privacy cap than the plan's."),
+        typer.Option("--max-epsilon", help="A stricter cap for this federation than the plan's."),
     ] = None,
+    new_ledger: Annotated[
+        bool,
+        typer.Option(
+            "--new-ledger",
+            help="Knowingly start a new ledger (or adopt this one) although the site's records "
+            "show earlier training: that spending is forgotten.",
+        ),
+    ] = False,
     seed: Annotated[
         int | None,
-        typer.Option("--seed", help="Deterministic run (keep it secret under DP)."),
+        typer.Option(
+            "--seed",
+            help="Reproducible experiments only: a seed on the command line is visible to "
+            "others and makes the noise recomputable.",
+        ),
     ] = None,
 ) -> None:
     """Train this site's round on its shard, with differential privacy, and sign the update.
 
     Verifies the global model (coordinator's signature, federation, round), checks the privacy
-    budget BEFORE training (exit 4 when this round would exceed it; nothing is trained or
-    written), records every epoch in the site's privacy ledger before it runs, and writes the
-    update: the weight difference, the number of examples and patients, and the privacy spent.
-    The update stays at the site: `fedxray mask` turns it into the file that travels. After a
-    crash, running the same command again resumes from the last finished epoch.
+    budget BEFORE training (exit 4 when this round would take the federation's epsilon past
+    the plan's, or the site's total over all federations past the site's budget; nothing is
+    trained or written), records every epoch and the seed of its randomness in the site's
+    privacy ledger before it runs, and writes the update (mode 0600): the weight difference,
+    the number of examples and patients, and the privacy spent. The update stays at the site:
+    `fedxray mask` turns it into the file that travels. After a crash, running the same
+    command again resumes from the last finished epoch and replays an unfinished one with its
+    recorded seed, so nothing is counted twice; run again for a lost update, it gives the same
+    bytes. A missing or different ledger is refused (exit 5) when the site has trained before.
 
     Warns when the shard has fewer than 50 patients: then a class has about 17 patients or
     fewer, and under DP each epoch is a single step over the whole shard with more than
     twice the noise of a large site at the same epsilon (docs/data.md).
     """
-    from fedxray.steps.train_local import train_file
+    from fedxray.steps.train_local import SEED_WARNING, train_file
 
+    notes = [SEED_WARNING] if seed is not None else []
+    for note in notes:
+        run.ui.info(f"warning: {note}")
     with run.ui.progress() as bar:
         task = bar.add_task("training", total=None)
         local = train_file(
@@ -86,47 +113,88 @@ def train_local(
             device=device,
             seed=seed,
             local_epsilon_cap=max_epsilon,
+            new_ledger=new_ledger,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
     summary = {"update": str(local.path), "ledger": str(local.ledger), **local.summary()}
+    summary["warnings"] = [*notes, *summary["warnings"]]
     run.done(summary, lambda: _render_round(run.ui, summary, local, run.party))
 
 
 def _render_round(ui: Ui, summary: dict, local, me: Party) -> None:
-    for w in local.result.warnings:
+    for w in local.summary()["warnings"]:
         ui.info(f"warning: {w}")
-    eps = summary["epsilon"]
-    ui.kv(
-        f"round {local.round} at {me.identity.name}",
-        {
-            "examples / patients": f"{summary['examples']} / {summary['patients']}",
-            "loss per epoch": ", ".join(f"{v:.4f}" for v in summary["losses"]),
-            "privacy": "none (--no-dp)"
-            if not summary["dp"]
-            else f"epsilon {eps:.3f} of {me.plan.settings.dp.epsilon:g} spent so far "
-            f"(delta {summary['delta']:g}, per {summary['unit']})",
-            "seconds": summary["seconds"],
-        },
-    )
+    eps, total = summary["epsilon"], summary["site_epsilon"]
+    privacy = "none (--no-dp)"
+    if summary["dp"]:
+        privacy = (
+            f"epsilon {eps:.3f} of {me.plan.settings.dp.epsilon:g} spent so far "
+            f"(delta {summary['delta']:g}, per {summary['unit']})"
+        )
+    rows = {
+        "examples / patients": f"{summary['examples']} / {summary['patients']}",
+        "loss per epoch": ", ".join(f"{v:.4f}" for v in summary["losses"]),
+        "privacy": privacy,
+        "site total": "inf (no DP)" if total is None else f"epsilon {total:.3f}, all federations",
+        "seconds": summary["seconds"],
+    }
+    if summary["resumed_from_epoch"] or summary["replayed_epochs"]:
+        rows["resumed"] = (
+            f"from epoch {summary['resumed_from_epoch']}; "
+            f"{summary['replayed_epochs']} epoch(s) replayed with their recorded seeds"
+        )
+    ui.kv(f"round {local.round} at {me.identity.name}", rows)
     ui.info(f"wrote {local.path} (stays here; next: fedxray mask {local.path})")
 
 
 @command()
 def privacy(
     run: Run,
-    ledger: argument("LEDGER", "A site's privacy ledger."),
+    ledger: argument("LEDGER", "A site's privacy ledger (SITE.ledger)."),
     plan: PlanOpt = None,
+    set_budget: Annotated[
+        float | None,
+        typer.Option(
+            "--set-budget",
+            metavar="EPSILON",
+            help="Set the site's own cap on its total epsilon over all federations.",
+        ),
+    ] = None,
+    budget_delta: Annotated[
+        float | None,
+        typer.Option("--budget-delta", help="The delta of the site's budget and total."),
+    ] = None,
+    imports: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--import",
+            metavar="OLD_LEDGER",
+            help="Add the spending of an older ledger (e.g. SITE-PLAN.ledger); repeatable.",
+        ),
+    ] = None,
 ) -> None:
-    """Show the privacy a site has spent, round by round (epsilon at the plan's delta).
+    """Show the privacy a site has spent: per federation and round, the total over every
+    federation (at the site's delta), the site's budget and what remains.
 
-    With --plan (or $FEDXRAY_PLAN), only that federation; otherwise every federation the
-    ledger records. The ledger never leaves the site.
+    With --plan (or $FEDXRAY_PLAN), only that federation's rounds; the total stays the
+    site's. The budget is the site's decision: it starts at the first federation's target and
+    only --set-budget changes it. The ledger never leaves the site.
     """
-    report = privacy_report(ledger, load_plan(plan) if plan is not None else None)
+    report = privacy_report(
+        ledger,
+        load_plan(plan) if plan is not None else None,
+        set_budget=set_budget,
+        budget_delta=budget_delta,
+        imports=imports or [],
+    )
     run.done(report.to_dict(), lambda: _render_privacy(run.ui, report))
 
 
 def _render_privacy(ui: Ui, report: PrivacyReport) -> None:
+    for line in report.changes:
+        ui.info(line)
+    for w in report.warnings:
+        ui.info(f"warning: {w}")
     if report.plan is not None and not report.federations:
         ui.info(f"the ledger has no spending for federation {report.plan}")
     for fed in report.federations:
@@ -149,10 +217,36 @@ def _render_privacy(ui: Ui, report: PrivacyReport) -> None:
             ],
             ("round", "epochs", "steps", "epsilon spent", "epsilon total", "finished"),
         )
+    doc = report.to_dict()
+    site_rows = [
+        (f.name or f.federation[:12], _epsilon(f.to_dict()["epsilon"]), _target(f.budget_epsilon))
+        for f in report.federations
+    ]
+    delta = "" if report.site_delta is None else f" at delta {report.site_delta:g}"
+    site_rows.append((f"site total{delta}", _epsilon(doc["total_epsilon"]), _budget(report)))
+    if report.budget is not None:
+        site_rows.append(("remaining", _epsilon(doc["remaining"]), ""))
+    ui.table(
+        f"site ledger {report.ledger.name} (id {report.ledger_id[:8]})",
+        site_rows,
+        ("federation", "epsilon", "budget"),
+    )
 
 
 def _epsilon(x: float | None) -> str:
     return "inf (no DP)" if x is None else f"{x:.3f}"
+
+
+def _target(x: float | None) -> str:
+    return "" if x is None else f"{x:g}"
+
+
+def _budget(report: PrivacyReport) -> str:
+    b = report.budget
+    if b is None:
+        return "not set"
+    source = "set by the site" if b.source == "site" else f"from the {b.source}"
+    return f"{b.epsilon:g} ({source})"
 
 
 def register(app: typer.Typer) -> None:

@@ -42,7 +42,11 @@ FILES = {
     "ROUND.sum": "The coordinator's sum of the masked updates of one round.",
     "ROUND.closure": "The coordinator's signed list of survivors and dropped sites of a round.",
     "SITE.reveal": "A survivor's answer to a closure: the mask seeds shared with dropped sites.",
-    "SITE.ledger": "A site's privacy ledger: the privacy spent in every round. Stays at the site.",
+    "SITE.ledger": "A site's privacy ledger: every epoch of every federation the site trained "
+    "in, the seeds of unfinished epochs, and the site's budget. Mode 0600; stays at the site; "
+    "back it up.",
+    "SITE.record": "The site record beside the key: the ids of the ledgers this key trained "
+    "with. Mode 0600; stays at the site; back it up with the ledger.",
 }
 
 

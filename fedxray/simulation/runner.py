@@ -39,6 +39,7 @@ from fedxray.steps.identity import create_identity
 from fedxray.steps.mask import mask_update
 from fedxray.steps.reveal import reveal
 from fedxray.steps.server_state import server_state_path
+from fedxray.steps.site_memory import SiteFiles
 from fedxray.steps.unmask import unmask
 
 COORDINATOR_DIR = "coordinator"
@@ -278,14 +279,13 @@ class Simulation:
             folder / f"{name}.shard",
             plan,
             key,
-            ledger_path=folder / f"{name}.ledger",
-            checkpoint_dir=folder / "checkpoints",
+            files=SiteFiles.beside_key(folder / f"{name}.key"),  # SITE.ledger, SITE.record
             dp=self.cfg.dp,
             device=self.cfg.device,
             seed=self.cfg.seed * 1000 + r,
         )
         seconds["train"] += time.perf_counter() - t0
-        write_atomic(folder / round_file("update", r, name), local.update)
+        write_atomic(folder / round_file("update", r, name), local.update, mode=0o600)
         info = local.summary()
         if dropped:
             return {**info, "dropped": True}, None

@@ -25,7 +25,7 @@ from fedxray.plan import Plan
 from fedxray.steps.evaluate import shard_labels
 from fedxray.steps.model import LoadedModel, load_model
 from fedxray.steps.shared import ShardFile
-from fedxray.training.ledger import federation_ids, privacy_rows
+from fedxray.training.ledger import SiteLedger
 from fedxray.training.settings import TrainSettings
 
 ATTACKS = {"loss": LOSS, "lira": LIRA}  # the command's names -> the library's
@@ -78,13 +78,17 @@ def accountant_epsilon(
                 "sites that used DP; the site's ledger says what it spent"
             )
         return AccountantEpsilon(dp.epsilon if dp.enabled else math.inf, PLAN, note=note)
-    if plan.federation_id not in federation_ids(ledger):
+    site = SiteLedger.load(ledger)
+    if not site.exists:
+        raise FedxrayError(f"privacy ledger not found: {ledger}", option="ledger")
+    if plan.federation_id not in site.federation_ids():
         raise FedxrayError(
             f"the privacy ledger {ledger} records nothing for federation {plan.name}",
             hint="name this site's ledger of the model's federation",
             option="ledger",
         )
-    before = [r for r in privacy_rows(ledger, plan.federation_id) if r.round < model_round]
+    rows = site.federation(plan.federation_id).rounds()
+    before = [r for r in rows if r.round < model_round]
     epsilon = max((r.epsilon_total for r in before), default=0.0)
     return AccountantEpsilon(epsilon, LEDGER, Path(ledger), len({r.round for r in before}))
 

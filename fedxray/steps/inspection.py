@@ -72,10 +72,13 @@ def _describe_key(doc, data: bytes, what: str) -> dict:
 _CALIBRATION = ("accountant", "target_epsilon", "delta", "unit", "noise_multiplier", "rounds",
                 "local_epochs", "first_round", "time")  # fmt: skip
 _ROUND = ("epochs", "epsilon_after", "finished")
+_BUDGET = ("epsilon", "delta", "source")
+_TOTAL = ("epsilon", "delta")
 
 
 def describe_ledger(doc: dict) -> dict:
-    """A privacy ledger's summary: per federation, its calibration and spending by round."""
+    """A privacy ledger's summary: the site's budget and total, and per federation its
+    calibration and spending by round."""
     federations = doc.get("federations")
     out = []
     for fid, entry in sorted(federations.items() if isinstance(federations, dict) else ()):
@@ -86,6 +89,7 @@ def describe_ledger(doc: dict) -> dict:
         out.append(
             {
                 "federation": fid,
+                "name": entry.get("name"),
                 "calibration": {k: calibration[k] for k in _CALIBRATION if k in calibration},
                 "epochs_recorded": len(history) if isinstance(history, list) else None,
                 "rounds": {
@@ -99,9 +103,16 @@ def describe_ledger(doc: dict) -> dict:
         "kind": "ledger",
         "format": doc.get("format"),
         "version": doc.get("version"),
+        "ledger_id": doc.get("ledger_id"),
+        "budget": _pick(doc.get("budget"), _BUDGET),
+        "total": _pick(doc.get("total"), _TOTAL),
         "federations": out,
         "note": "a site's privacy ledger: it never leaves the site (see: fedxray privacy)",
     }
+
+
+def _pick(value, keys: tuple[str, ...]) -> dict | None:
+    return {k: value[k] for k in keys if k in value} if isinstance(value, dict) else None
 
 
 def _round_key(r) -> tuple[int, str]:

@@ -17,14 +17,21 @@ from fedxray.keys import PrivateIdentity
 from fedxray.modelfile import load_model_artifact
 from fedxray.plan import Plan
 from fedxray.steps.shared import Party
+from fedxray.steps.site_memory import SiteFiles, check_ledger, remember
+from fedxray.training.ledger import SiteLedger
 from fedxray.training.loop import Progress, RoundResult, train_round
 from fedxray.training.settings import TrainSettings
 
 
-def default_ledger_path(key_path: str | os.PathLike, plan: Plan) -> Path:
-    """Next to the site's key: one ledger per site and federation."""
-    key_path = Path(key_path)
-    return key_path.with_name(f"{key_path.stem}-{plan.name}.ledger")
+def default_ledger_path(key_path: str | os.PathLike) -> Path:
+    """Next to the site's key: one ledger per site key, for every federation."""
+    return SiteFiles.beside_key(key_path).ledger
+
+
+SEED_WARNING = (
+    "a fixed seed is for reproducible experiments only: it shows in the process list and the "
+    "shell history, and anyone who knows it can recompute the noise"
+)
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,7 @@ class LocalRound:
     round: int
     path: Path | None = None  # where the update was written
     ledger: Path | None = None  # the privacy ledger the round was recorded in
+    warnings: tuple[str, ...] = ()  # the site's own (seed on the command line, new ledger)
 
     def summary(self) -> dict:
         r = self.result
@@ -50,7 +58,9 @@ class LocalRound:
             "dp": r.dp,
             "seconds": round(r.seconds, 2),
             "resumed_from_epoch": r.resumed_from_epoch,
-            "warnings": r.warnings,
+            "replayed_epochs": r.replayed_epochs,
+            "site_epsilon": None if r.site_epsilon is None else round(r.site_epsilon, 4),
+            "warnings": [*self.warnings, *r.warnings],
         }
 
 
@@ -60,17 +70,23 @@ def train_local(
     plan: Plan,
     key: PrivateIdentity,
     *,
-    ledger_path: str | os.PathLike,
-    checkpoint_dir: str | os.PathLike | None = None,
+    files: SiteFiles,
     dp: bool = True,
     device: str = "cpu",
     seed: int | None = None,
     local_epsilon_cap: float | None = None,
+    new_ledger: bool = False,
     progress: Progress | None = None,
     what: str = "global model",
 ) -> LocalRound:
     """Verify the round's global model (``what`` names it), train on the shard, return the
-    signed update."""
+    signed update.
+
+    ``files`` say where the site keeps its ledger, site record and checkpoints; a ledger
+    that would forget earlier spending is refused unless ``new_ledger`` (site_memory). The
+    update is a function of its inputs only: rerunning a finished round (a lost update file)
+    gives the same bytes, which ``mask`` accepts.
+    """
     plan.require_site(key)
     model = load_model_artifact(model_bytes, plan, what=what)
     r = model.header.round
@@ -86,22 +102,24 @@ def train_local(
     if local_epsilon_cap is not None and local_epsilon_cap <= 0:
         raise FedxrayError("the local epsilon cap must be positive", option="max_epsilon")
     shard = read_shard(shard_path)
-    if checkpoint_dir is not None:
-        Path(checkpoint_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+    notes = check_ledger(files, key.name, new_ledger)
     settings = TrainSettings.from_plan(plan.settings, local_epsilon_cap)
     result = train_round(
         dict(model.tensors),
         shard,
         settings,
-        ledger_path=ledger_path,
+        ledger_path=files.ledger,
         federation_id=plan.federation_id,
+        federation_name=plan.name,
         round_number=r,
         device=device,
         seed=seed,
         dp=dp,
-        checkpoint_dir=checkpoint_dir,
+        checkpoint_dir=files.checkpoints,
         progress=progress,
+        before_spending=lambda site: remember(files, site),
     )
+    remember(files, SiteLedger.load(files.ledger))
     small = small_shard_warning(shard)
     if small is not None:
         result.warnings.insert(0, small)
@@ -125,33 +143,36 @@ def train_local(
         meta=meta,
         tensors=result.delta,
         signer=key,
+        # The parent's time, not the clock: the same round gives the same bytes (Ed25519 is
+        # deterministic), and the file does not tell when or how long the site trained.
+        created=model.header.created,
     ).data
-    return LocalRound(update, result, r)
+    return LocalRound(update, result, r, warnings=tuple(notes))
 
 
 def train_file(
-    model: Path, shard: Path, me: Party, *, output=None, ledger=None, force=False, **options
+    model: Path,
+    shard: Path,
+    me: Party,
+    *,
+    output=None,
+    ledger=None,
+    force=False,
+    seed: int | None = None,
+    **options,
 ) -> LocalRound:
-    """:func:`train_local` from a model file to ``output``, by default SITE-round-NNNN.update
-    beside the model; the ledger defaults to KEY-PLAN.ledger beside the key, checkpoints go
-    to a hidden folder beside the ledger."""
+    """:func:`train_local` from a model file to ``output`` (mode 0600: it stays at the site),
+    by default SITE-round-NNNN.update beside the model; the ledger defaults to SITE.ledger
+    beside the key, checkpoints go to a hidden folder beside the key."""
     plan, key = me.plan, me.identity
     plan.require_site(key)
     model_bytes = read_input(model, "global model")
     r = read_header(model_bytes, str(model)).round
     out = output or model.with_name(round_file("update", r, key.name))
     check_writable(out, force=force)
-    ledger_path = ledger or default_ledger_path(me.key_path, plan)
-    checkpoints = Path(ledger_path).with_name(f".{key.name}-checkpoints")
+    files = SiteFiles.beside_key(me.key_path, ledger)
     local = train_local(
-        model_bytes,
-        shard,
-        plan,
-        key,
-        ledger_path=ledger_path,
-        checkpoint_dir=checkpoints,
-        what=input_name(model),
-        **options,
+        model_bytes, shard, plan, key, files=files, seed=seed, what=input_name(model), **options
     )
-    write_atomic(out, local.update, force=force)
-    return replace(local, path=out, ledger=Path(ledger_path))
+    write_atomic(out, local.update, force=force, mode=0o600)
+    return replace(local, path=out, ledger=files.ledger)

@@ -1,8 +1,9 @@
-"""A round's privacy bookkeeping: the noise multiplier, the budget check before training, and
-the write-ahead record of every epoch in the site's ledger.
+"""A round's privacy budget: the noise multiplier, and the checks before anything is trained.
 
-Order, chosen so that a crash can only over-count spending: each epoch is recorded (and the
-ledger saved) before any of its results exist; the round is marked finished after its last.
+Two caps hold at once. The federation's: its own epsilon (at the plan's delta) may not pass
+the plan's target or the site's stricter local cap. The site's: the total over EVERY
+federation in the site's ledger (at the site's delta) may not pass the budget the site set,
+which defaults to the first plan's target; only the site changes it, never a coordinator.
 """
 
 from __future__ import annotations
@@ -11,9 +12,13 @@ import math
 
 from fedxray.errors import BudgetExceededError, FedxrayError
 from fedxray.training import accounting
-from fedxray.training.ledger import Ledger
+from fedxray.training.ledger import Ledger, SiteLedger
 from fedxray.training.sampling import Sampling
 from fedxray.training.settings import TrainSettings
+
+RAISE_HINT = "only the site may raise its budget, with the privacy command"
+# A federation that would get less than this share of its planned epsilon is refused.
+MIN_SHARE = 0.5
 
 
 def noise_multiplier(
@@ -38,11 +43,28 @@ def noise_multiplier(
                 f"delta changed: the ledger uses {ledger.delta:g}, the plan says {settings.delta:g}"
             )
         return ledger.noise_multiplier
-    # Calibrated ONCE, for every round still ahead, to end exactly within the budget.
+    site = adopt_site_budget(ledger, settings)
+    _refuse_without_guarantee(ledger)
+    # Calibrated ONCE, for every round still ahead, to end exactly within both caps.
     rounds_ahead = settings.rounds - round_number + 1
     planned = rounds_ahead * settings.local_epochs * sampling.steps_per_epoch
     q = sampling.sample_rate
-    sigma = accounting.calibrate_noise(settings.epsilon_budget, settings.delta, q, planned)
+    own = accounting.calibrate_noise(settings.epsilon_budget, settings.delta, q, planned)
+    # Other federations: what they spent, and what they were calibrated to spend still.
+    others = [*site.history(exclude=ledger.federation_id), *site.reserved(ledger.federation_id)]
+    budget = site.budget
+    try:
+        shared = accounting.calibrate_noise(budget.epsilon, budget.delta, q, planned, others)
+    except BudgetExceededError as e:
+        raise _no_room(budget.epsilon, e.message) from None
+    sigma = max(own, shared)
+    ends_at = accounting.epsilon([(sigma, q, planned)], settings.delta)
+    if ends_at < MIN_SHARE * settings.epsilon_budget:
+        # So much noise would make this site's updates noise, not signal, for the federation.
+        raise _no_room(
+            budget.epsilon,
+            f"it leaves this federation epsilon {ends_at:.3g} of its {settings.epsilon_budget:g}",
+        )
     ledger.calibrate(
         noise_multiplier=sigma,
         delta=settings.delta,
@@ -55,8 +77,32 @@ def noise_multiplier(
         total_steps=planned,
         target_epsilon=settings.epsilon_budget,
         max_grad_norm=settings.max_grad_norm,
+        bound_by="plan" if own >= shared else "site budget",
+        site_budget=budget.epsilon,
+        planned_epsilon=ends_at,
     )
     return sigma
+
+
+def calibration_notes(ledger: Ledger) -> list[str]:
+    """What the site should know about its federation's noise (when the site's budget binds)."""
+    c = ledger.calibration or {}
+    if c.get("bound_by") != "site budget":
+        return []
+    return [
+        f"the site's budget {c['site_budget']:g} (all federations) binds: this federation's "
+        f"noise was raised so that its epsilon ends at {c['planned_epsilon']:.3g}, not "
+        f"{c['target_epsilon']:g}"
+    ]
+
+
+def _no_room(budget: float, why: str) -> BudgetExceededError:
+    return BudgetExceededError(
+        f"the site's privacy budget {budget:g} (all federations) has no room for this "
+        f"federation: {why}; nothing was trained",
+        hint=RAISE_HINT,
+        option="set_budget",
+    )
 
 
 def check_budget(
@@ -67,10 +113,12 @@ def check_budget(
     epochs: int,
     round_number: int,
 ) -> None:
-    """Refuse (before anything is trained or written) ``epochs`` more that would overspend."""
-    spent = ledger.epsilon()
-    steps = sampling.steps_per_epoch * epochs
-    after = ledger.epsilon(planned=[(sigma, sampling.sample_rate, steps)])
+    """Refuse (before anything is trained or written) ``epochs`` more that would overspend
+    the federation's budget or the site's."""
+    if epochs <= 0:
+        return
+    planned = [(sigma, sampling.sample_rate, sampling.steps_per_epoch * epochs)]
+    spent, after = ledger.epsilon(), ledger.epsilon(planned=planned)
     budget = settings.epsilon_budget
     if after > budget * (1 + 1e-9):
         which = "local cap" if budget < settings.target_epsilon else "plan's target"
@@ -78,28 +126,36 @@ def check_budget(
             f"round {round_number} would raise epsilon from {spent:.3g} to {after:.3g}, "
             f"over the {which} {budget:g}; nothing was trained",
         )
+    site = adopt_site_budget(ledger, settings)
+    _refuse_without_guarantee(ledger)
+    total, total_after = site.total_epsilon(), site.total_epsilon(planned=planned)
+    if total_after > site.budget.epsilon * (1 + 1e-9):
+        raise BudgetExceededError(
+            f"round {round_number} would raise the site's total epsilon (all federations) "
+            f"from {total:.3g} to {total_after:.3g}, over the site's budget "
+            f"{site.budget.epsilon:g}; nothing was trained",
+            hint=RAISE_HINT,
+            option="set_budget",
+        )
 
 
-def record_epoch(
-    ledger: Ledger, round_number: int, epoch: int, sigma: float | None, sampling: Sampling
-) -> int:
-    """Count an epoch before it runs (write-ahead); return how often it was tried before."""
-    attempt = sum(
-        1 for h in ledger.to_dict()["history"] if h["round"] == round_number and h["epoch"] == epoch
-    )
-    ledger.record_epoch(
-        round_number=round_number,
-        epoch=epoch,
-        steps=sampling.steps_per_epoch,
-        noise_multiplier=sigma,
-        sample_rate=sampling.sample_rate,
-    )
-    ledger.save()
-    return attempt
+def adopt_site_budget(ledger: Ledger, settings: TrainSettings) -> SiteLedger:
+    """The site's budget is the first DP federation's target until the site sets its own
+    (also for a ledger imported without one). Saved with the ledger's next write."""
+    site = ledger.site
+    if site.budget is None:
+        site.set_budget(settings.epsilon_budget, settings.delta, f"plan {ledger.name or '?'}")
+    return site
 
 
-def finish_round(ledger: Ledger, round_number: int) -> None:
-    """Mark the round finished (also when a crash hit between its checkpoint and the ledger)."""
-    if not ledger.round_finished(round_number):
-        ledger.finish_round(round_number)
-        ledger.save()
+def _refuse_without_guarantee(ledger: Ledger) -> None:
+    """A federation trained without DP on these patients leaves no finite total."""
+    others = [f for f in ledger.site.non_private() if f != ledger.federation_id]
+    if others:
+        name = ledger.site.federation(others[0]).name or others[0][:12]
+        raise BudgetExceededError(
+            f"this site trained federation {name} without DP: no privacy guarantee remains "
+            "for its patients, so the site's total epsilon is infinite; nothing was trained",
+            hint="a site that knowingly starts over names a new ledger file",
+            option="new_ledger",
+        )

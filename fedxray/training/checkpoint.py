@@ -2,7 +2,8 @@
 
 A checkpoint lets a crashed round continue from its last finished epoch. It never leaves the
 site (it is a model trained on private data without aggregation) and it is only reused when
-it was made from the same federation, round, global model, settings and shard.
+it was made from the same federation, round, global model, settings and shard, and from the
+epochs the privacy ledger holds now (their record ids).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import hashlib
 import json
 import re
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -74,41 +76,67 @@ def shard_hash(shard: Shard) -> str:
     return h.hexdigest()
 
 
+def training_tensors(model, optimizer) -> dict[str, torch.Tensor]:
+    """The state an epoch starts from and ends with: weights and optimiser state, by name."""
+    tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
+    for idx, st in optimizer.state_dict()["state"].items():
+        for name, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"opt/{idx}/{name}"] = v
+    return tensors
+
+
+def tensors_hash(tensors: dict[str, torch.Tensor]) -> str:
+    """Content hash of a training state (as :func:`training_tensors` names it)."""
+    return state_hash({k: v.detach().to("cpu").numpy() for k, v in tensors.items()})
+
+
+def load_training_state(tensors: dict[str, torch.Tensor], model, optimizer) -> None:
+    """Put a state from :func:`training_tensors` (or a checkpoint) back into the objects."""
+    model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model/")}
+    model.load_state_dict(model_state, strict=True)
+    opt_state: dict[int, dict[str, torch.Tensor]] = {}
+    for k, v in tensors.items():
+        if k.startswith("opt/"):
+            _, idx, name = k.split("/", 2)
+            opt_state.setdefault(int(idx), {})[name] = v.clone()
+    sd = optimizer.state_dict()
+    sd["state"] = opt_state
+    optimizer.load_state_dict(sd)
+
+
+def snapshot(model, optimizer) -> dict[str, torch.Tensor]:
+    """A copy of the training state, to go back to."""
+    return {k: v.detach().clone() for k, v in training_tensors(model, optimizer).items()}
+
+
 class Resume:
-    """A round's checkpoint: the model and optimiser after each finished epoch.
+    """A round's checkpoint: the model and optimiser after its latest finished epoch.
 
     ``keys`` say what the round was made from (federation, round, global model, settings,
-    shard, noise); a checkpoint with other keys, or for more epochs than the privacy ledger
-    accounts for, is not built on.
+    shard, noise); ``chain`` lists the ledger records (ids) of the epochs it embodies. A
+    checkpoint with other keys, or whose records are not the ledger's current ones for
+    those epochs, is not built on.
     """
 
     def __init__(self, folder: str | Path | None, federation_id: str, round_number: int, keys):
         self.keys = keys
         self.path = None if folder is None else checkpoint_path(folder, federation_id, round_number)
 
-    def restore(self, epochs_recorded: int, model, optimizer) -> tuple[int, list[float]]:
-        """Epochs done and their losses, restored into model and optimiser; (0, []) if none."""
+    def find(self, chain: Callable[[int], list]) -> tuple[int, list[float], dict] | None:
+        """(epochs done, their losses, the state's tensors) of a usable checkpoint, or None.
+
+        ``chain(n)`` gives the ledger's record ids for epochs 1..n."""
         found = None if self.path is None else load(self.path)
         if found is None:
-            return 0, []
+            return None
         tensors, meta = found
         if any(meta.get(k) != v for k, v in self.keys.items()):
-            return 0, []  # another global model, settings or data: start the round afresh
-        epoch = int(meta["epoch"])
-        if epochs_recorded < epoch:
-            return 0, []  # the ledger does not account for it: do not build on it
-        model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model/")}
-        model.load_state_dict(model_state, strict=True)
-        opt_state: dict[int, dict[str, torch.Tensor]] = {}
-        for k, v in tensors.items():
-            if k.startswith("opt/"):
-                _, idx, name = k.split("/", 2)
-                opt_state.setdefault(int(idx), {})[name] = v
-        if opt_state:
-            sd = optimizer.state_dict()
-            sd["state"] = opt_state
-            optimizer.load_state_dict(sd)
-        return epoch, [float(v) for v in meta["losses"]]
+            return None  # another global model, settings or data: start the round afresh
+        epoch = int(meta.get("epoch", 0))
+        if epoch < 1 or meta.get("chain") != chain(epoch):
+            return None  # the ledger does not account for it: do not build on it
+        return epoch, [float(v) for v in meta["losses"]], tensors
 
     def make_folder(self) -> None:
         """Create the checkpoint folder: only once training will run, so that a refused run
@@ -122,12 +150,6 @@ class Resume:
                 f"cannot create checkpoint folder {self.path.parent}: {e.strerror}"
             ) from None
 
-    def save(self, epoch: int, losses: list[float], model, optimizer) -> None:
-        if self.path is None:
-            return
-        tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
-        for idx, st in optimizer.state_dict()["state"].items():
-            for name, v in st.items():
-                if isinstance(v, torch.Tensor):
-                    tensors[f"opt/{idx}/{name}"] = v
-        save(self.path, tensors, dict(self.keys, epoch=epoch, losses=losses))
+    def save(self, epoch: int, losses: list[float], tensors: dict, chain: list) -> None:
+        if self.path is not None:
+            save(self.path, tensors, dict(self.keys, epoch=epoch, losses=losses, chain=chain))

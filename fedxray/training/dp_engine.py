@@ -19,8 +19,10 @@ trainable parameters: Conv2d (groups=1), Linear, GroupNorm. Anything else is ref
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -257,16 +259,40 @@ def _f32(t: torch.Tensor) -> torch.Tensor:
 AllReduce = Callable[[list[torch.Tensor]], None]
 
 
+class NoiseGenerator:
+    """The Gaussian noise of DP-SGD: standard normal draws from a numpy PCG64DXSM stream,
+    made on the CPU (the same numbers on any device) and moved to the gradient's device.
+
+    ``seed`` (a numpy SeedSequence) makes the stream reproducible; without one, the stream
+    is seeded from 256 bits of the operating system's entropy, never from a fixed value or
+    from torch's global generator. Like Opacus without ``secure_mode``, the floating-point
+    sampler does not defend against Mironov-style attacks on the low-order bits.
+    """
+
+    def __init__(self, seed: np.random.SeedSequence | None = None):
+        if seed is None:
+            seed = np.random.SeedSequence(secrets.randbits(256), pool_size=8)
+        self._rng = np.random.Generator(np.random.PCG64DXSM(seed))
+
+    def normal(self, shape, dtype: torch.dtype, device) -> torch.Tensor:
+        wide = dtype == torch.float64
+        draw = self._rng.standard_normal(
+            size=tuple(shape), dtype=np.float64 if wide else np.float32
+        )
+        return torch.from_numpy(draw).to(device=device, dtype=dtype)
+
+
 class PrivateOptimizer:
     """DP-SGD's whole private step around an ordinary optimiser, as Opacus' DPOptimizer.
 
     ``backward`` clips each example's gradient to ``max_grad_norm`` and adds it to the running
     sum (:class:`DPEngine`); ``step`` hands the clipped sum to ``all_reduce`` (the one place
     where processes that share a batch add up their sums), adds Gaussian noise of standard
-    deviation ``noise_multiplier * max_grad_norm`` drawn from ``generator``, divides by the
-    EXPECTED batch size (with Poisson sampling the real size is private) and lets the
-    optimiser step. Accounting is not done here: the caller records each epoch in the privacy
-    ledger before it runs.
+    deviation ``noise_multiplier * max_grad_norm`` drawn from ``generator`` (a
+    :class:`NoiseGenerator`; a fresh OS-seeded one when None), divides by the EXPECTED batch
+    size (with Poisson sampling the real size is private) and lets the optimiser step.
+    Accounting is not done here: the caller records each epoch in the privacy ledger before
+    it runs.
     """
 
     def __init__(
@@ -276,7 +302,7 @@ class PrivateOptimizer:
         *,
         noise_multiplier: float,
         expected_batch_size: float,
-        generator: torch.Generator | None = None,
+        generator: NoiseGenerator | None = None,
         all_reduce: AllReduce | None = None,
     ):
         if not expected_batch_size > 0:
@@ -285,7 +311,8 @@ class PrivateOptimizer:
         self.engine = engine
         self.noise_multiplier = float(noise_multiplier)
         self.expected_batch_size = float(expected_batch_size)
-        self.generator = generator  # the caller may seed a new one for each epoch
+        # The caller may set a new one for each epoch (from the epoch's recorded seed).
+        self.generator = generator if generator is not None else NoiseGenerator()
         self.all_reduce = all_reduce
         self.params = [p for p in engine.model.parameters() if p.requires_grad]
 
@@ -306,6 +333,6 @@ class PrivateOptimizer:
             self.all_reduce(clipped_sum)
         std = self.noise_multiplier * self.engine.max_grad_norm
         for g in clipped_sum:
-            noise = torch.randn(g.shape, generator=self.generator, device=g.device, dtype=g.dtype)
+            noise = self.generator.normal(g.shape, g.dtype, g.device)
             g.add_(noise, alpha=std).div_(self.expected_batch_size)
         self.optimizer.step()

@@ -1,15 +1,15 @@
 """One site's local training for one federation round (``fedxray train-local``'s library).
 
-Order of events per epoch, chosen so that a crash can only over-count privacy spending:
-record the epoch in the ledger and save it, train the epoch, save the epoch checkpoint.
-Re-running a round after a crash continues from the last checkpoint; re-running a finished
-round returns the same update again without training (nothing new is spent).
+Order of events per epoch: record the epoch and its seed in the ledger and save it (it is
+counted before any of its results exist), train the epoch, save its checkpoint, mark it done
+in the ledger. Re-running a round after a crash continues from the last checkpoint and
+replays an unfinished epoch with its recorded seed (training/replay.py); re-running a
+finished round returns the same update again without training (nothing new is spent).
 """
 
 from __future__ import annotations
 
 import math
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,10 +24,10 @@ from fedxray.data.shard import Shard
 from fedxray.devices import resolve_device
 from fedxray.errors import FedxrayError, ProtocolRefusal
 from fedxray.models.registry import build_model, get_spec, load_numpy_state, state_to_numpy
-from fedxray.training import budget, checkpoint
+from fedxray.training import budget, checkpoint, replay
 from fedxray.training.augment import augment
-from fedxray.training.dp_engine import DPEngine, PrivateOptimizer
-from fedxray.training.ledger import Ledger, ledger_lock
+from fedxray.training.dp_engine import DPEngine, NoiseGenerator, PrivateOptimizer
+from fedxray.training.ledger import DONE, Ledger, SiteLedger, ledger_lock
 from fedxray.training.sampling import plan_sampling
 from fedxray.training.settings import TrainSettings
 
@@ -48,6 +48,8 @@ class RoundResult:
     seconds: float
     steps: int  # optimisation steps taken in this call
     resumed_from_epoch: int = 0  # epochs restored from a checkpoint
+    replayed_epochs: int = 0  # unfinished epochs run again with their recorded seeds
+    site_epsilon: float | None = None  # the site's total over all federations
     warnings: list[str] = field(default_factory=list)
 
 
@@ -64,14 +66,18 @@ def train_round(
     dp: bool = True,
     checkpoint_dir: str | Path | None = None,
     progress: Progress | None = None,
+    federation_name: str | None = None,
+    before_spending: Callable[[SiteLedger], None] | None = None,
 ) -> RoundResult:
     """Train ``settings.local_epochs`` epochs from ``global_state`` on ``shard``.
 
-    ``seed`` makes the run reproducible (sampling, augmentation AND noise): never use a seed
-    known outside the site for a DP run, or the noise could be recomputed. With ``seed=None``
-    fresh OS entropy is used.
+    Each epoch's randomness (sampling, augmentation, noise) comes from a seed recorded in the
+    ledger before it runs: fresh OS entropy, or with ``seed`` (reproducible experiments only:
+    a seed known outside the site makes the noise public) derived from it. A rerun after a
+    crash replays unfinished epochs with their recorded seeds and counts them once.
+    ``before_spending`` is called with the ledger before the run counts anything.
     Raises BudgetExceededError (nothing trained, nothing written) when this round would take
-    the site's epsilon past the plan's target or the stricter local cap.
+    the federation's epsilon past its target or local cap, or the site's total past its budget.
     """
     started = time.perf_counter()
     _check_inputs(shard, settings, round_number)
@@ -81,53 +87,61 @@ def train_round(
     total_epochs, epoch_steps = settings.local_epochs, sampling.steps_per_epoch
     with ledger_lock(ledger_path):
         ledger = Ledger.load(ledger_path, federation_id)
+        ledger.name = ledger.name or federation_name
         sigma = budget.noise_multiplier(ledger, settings, sampling, round_number, dp)
         model = build_model(settings.arch, settings.image_size, len(settings.classes))
         load_numpy_state(model, global_state)
         model.to(dev)
         optimizer = _optimizer(model, settings)
-        resume = checkpoint.Resume(
-            checkpoint_dir,
-            federation_id,
-            round_number,
-            {
-                "federation_id": federation_id,
-                "round": int(round_number),
-                "global_sha256": checkpoint.state_hash(global_state),
-                "settings_sha256": settings.fingerprint(),
-                "shard_sha256": checkpoint.shard_hash(shard),
-                "dp": dp,
-                "noise_multiplier": sigma,
-            },
-        )
-        done, losses = resume.restore(ledger.epochs_recorded(round_number), model, optimizer)
-        if dp and done < total_epochs:
-            budget.check_budget(
-                ledger, settings, sigma, sampling, total_epochs - done, round_number
-            )
+        inputs = {
+            "global_sha256": checkpoint.state_hash(global_state),
+            "settings_sha256": settings.fingerprint(),
+            "shard_sha256": checkpoint.shard_hash(shard),
+            "dp": dp,
+            "noise_multiplier": sigma,
+        }
+
+        def check(epochs: int) -> None:
+            if dp:
+                budget.check_budget(ledger, settings, sigma, sampling, epochs, round_number)
+
+        rounds = replay.RoundReplay(
+            ledger, round_number, inputs, steps=epoch_steps, sample_rate=sampling.sample_rate,
+            seed=seed, save=_saver(ledger), check_extra=lambda: check(1),
+        )  # fmt: skip
+        keys = {"federation_id": federation_id, "round": int(round_number), **inputs,
+                "ledger_id": ledger.site.ledger_id}  # fmt: skip
+        resume = checkpoint.Resume(checkpoint_dir, federation_id, round_number, keys)
+        done, losses = _restore(resume, rounds, model, optimizer)
+        state = checkpoint.tensors_hash(checkpoint.training_tensors(model, optimizer))
+        check(rounds.fresh_epochs(done + 1, total_epochs, state))
         if done < total_epochs:
             resume.make_folder()
+        if done < total_epochs or not ledger.round_finished(round_number):
+            _open_for_spending(ledger, before_spending)
         epoch_runner = _Epochs(model, optimizer, shard, settings, sampling, sigma, weights, dev)
-        base_seed = seed if seed is not None else secrets.randbits(63)
+        replayed = 0
         for epoch in range(done + 1, total_epochs + 1):
-            # Write-ahead: the epoch is counted before any of its results exist.
-            attempt = budget.record_epoch(ledger, round_number, epoch, sigma, sampling)
             first = (epoch - 1) * epoch_steps
 
             def step_done(i: int, first: int = first) -> None:
                 if progress is not None and i < epoch_steps:  # the epoch's last is below
                     progress(first + i, total_epochs * epoch_steps)
 
-            seeds = np.random.SeedSequence([base_seed, int(round_number), epoch, attempt])
-            losses.append(epoch_runner.run(seeds, step_done))
-            resume.save(epoch, losses, model, optimizer)
-            if epoch == total_epochs:
-                budget.finish_round(ledger, round_number)
+            entry, loss, tensors, result, replaying = _epoch(
+                rounds, epoch_runner, optimizer, epoch, state, step_done
+            )
+            replayed += replaying
+            losses.append(loss)
+            # The ledger says "done" only once the epoch's checkpoint is safely written.
+            resume.save(epoch, losses, tensors, rounds.chain_ids(epoch))
+            rounds.done(entry, result)
+            state = result
             if progress is not None:
                 progress(epoch * epoch_steps, total_epochs * epoch_steps)
         epoch_runner.close()
-        budget.finish_round(ledger, round_number)
-        eps = ledger.epsilon() if dp else math.inf
+        rounds.finish()
+        eps = ledger.epsilon()
 
     trained = state_to_numpy(model)
     delta = {k: (trained[k] - np.asarray(global_state[k], np.float32)) for k in trained}
@@ -144,8 +158,62 @@ def train_round(
         seconds=time.perf_counter() - started,
         steps=(total_epochs - done) * epoch_steps,
         resumed_from_epoch=done,
-        warnings=sampling.warnings,
+        replayed_epochs=replayed,
+        site_epsilon=ledger.site.cached_total(),
+        warnings=[*sampling.warnings, *budget.calibration_notes(ledger), *rounds.warnings()],
     )
+
+
+def _saver(ledger: Ledger) -> Callable[[], None]:
+    """Saves the ledger, with the site's total kept in it so that showing it is instant."""
+
+    def save() -> None:
+        ledger.site.cache_total()
+        ledger.save()
+
+    return save
+
+
+def _open_for_spending(ledger: Ledger, before_spending) -> None:
+    """Before the first epoch counts: a new ledger is written (with no epochs yet), then the
+    caller notes its id (the site record). A crash between the steps forgets nothing."""
+    if not ledger.site.exists:
+        ledger.save()
+    if before_spending is not None:
+        before_spending(ledger.site)
+
+
+def _epoch(rounds: replay.RoundReplay, runner: _Epochs, optimizer, epoch: int, state: str,
+           step_done):  # fmt: skip
+    """Run ``epoch`` from the state hashing to ``state``: replayed with its recorded seed, or
+    as a new, counted record. (record, loss, state tensors, their hash, whether replayed)."""
+    model = runner.model
+    entry, replaying = rounds.begin(epoch, state)
+    while True:
+        # A replay of an epoch that had finished must give its recorded result again.
+        check = replaying and entry["status"] == DONE
+        back = checkpoint.snapshot(model, optimizer) if check else None
+        loss = runner.run(entry["seed"], step_done)
+        tensors = checkpoint.training_tensors(model, optimizer)
+        result = checkpoint.tensors_hash(tensors)
+        if not check or rounds.replay_matches(entry, result):
+            return entry, loss, tensors, result, replaying
+        # Not the result it gave before (non-deterministic hardware): never use it.
+        checkpoint.load_training_state(back, model, optimizer)
+        rounds.recount(entry, "replaying it gave another result than the first time")
+        entry, replaying = rounds.fresh(epoch, state), False
+
+
+def _restore(resume: checkpoint.Resume, rounds: replay.RoundReplay, model, optimizer):
+    """(epochs done, losses) from a checkpoint that the ledger's records account for."""
+    found = resume.find(rounds.chain_ids)
+    if found is None:
+        return 0, []
+    epoch, losses, tensors = found
+    if not rounds.adopt(epoch, checkpoint.tensors_hash(tensors)):
+        return 0, []
+    checkpoint.load_training_state(tensors, model, optimizer)
+    return epoch, losses
 
 
 # -- checks ----------------------------------------------------------------------------------
@@ -246,10 +314,10 @@ class _Epochs:
                 expected_batch_size=sampling.expected_batch_size,
             )
 
-    def run(self, seeds: np.random.SeedSequence, step_done: Callable[[int], None]) -> float:
-        """Train one epoch; its mean loss. Sampling, augmentation and noise come from ``seeds``."""
-        rng = np.random.default_rng(seeds)
-        s_aug, s_noise = (int(x) for x in seeds.generate_state(2, dtype=np.uint64) >> 1)
+    def run(self, seed: str, step_done: Callable[[int], None]) -> float:
+        """Train one epoch; its mean loss. Sampling, augmentation and noise come from the
+        epoch's recorded ``seed`` (replay.epoch_streams)."""
+        rng, s_aug, s_noise = replay.epoch_streams(seed)
         jitter = torch.Generator().manual_seed(s_aug) if self.settings.augment else None
         batches = _Batches(self.shard, self.device, jitter, self.settings)
         self.model.train()
@@ -259,7 +327,7 @@ class _Epochs:
                 self.model, self.optimizer, batches, rng,
                 steps=steps, weights=self.weights, step_done=step_done,
             )  # fmt: skip
-        self.optimizer.generator = torch.Generator(device=self.device).manual_seed(s_noise)
+        self.optimizer.generator = NoiseGenerator(s_noise)
         return _dp_epoch(
             self.model, self.optimizer, batches, self.sampling.sampler, rng,
             q=self.sampling.sample_rate, steps=steps,
