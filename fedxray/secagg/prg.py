@@ -2,9 +2,10 @@
 
 Each 32-byte seed keys one AES-256-CTR stream starting at counter zero; a seed is used for
 one vector only (seeds are bound to pair, federation, round and cohort by HKDF), so the zero
-IV never repeats under one key. Words are produced chunk by chunk into one preallocated buffer
-and added into the target in place, so masking a vector costs no per-element Python work and
-no memory beyond the vector itself and one chunk.
+IV never repeats under one key. Words are produced chunk by chunk into one preallocated buffer,
+shared by all the streams of one call, and added into the target in place, so masking a
+vector costs no per-element Python work and no memory beyond the vector itself and one chunk,
+however many peers it is masked against.
 """
 
 from __future__ import annotations
@@ -20,23 +21,28 @@ _ZEROS = bytes(CHUNK_WORDS * 8)
 _BLOCK = 16
 
 
+def new_buffer() -> bytearray:
+    """Room for one chunk of words (update_into wants one extra block beyond the data)."""
+    return bytearray(CHUNK_WORDS * 8 + _BLOCK - 1)
+
+
 class MaskStream:
-    """A deterministic stream of uint64 words from one seed."""
+    """A deterministic stream of uint64 words from one seed (only the cipher's state: the
+    words go into a buffer the caller shares between streams)."""
 
     def __init__(self, seed: bytes):
         if len(seed) != SEED_BYTES:
             raise ValueError(f"a mask seed has {SEED_BYTES} bytes, got {len(seed)}")
         self._enc = Cipher(algorithms.AES(bytes(seed)), modes.CTR(bytes(_BLOCK))).encryptor()
-        # update_into wants room for one extra block beyond the data.
-        self._buf = bytearray(CHUNK_WORDS * 8 + _BLOCK - 1)
-        self._words = np.frombuffer(self._buf, dtype="<u8", count=CHUNK_WORDS)
 
-    def next_words(self, n: int) -> np.ndarray:
-        """The next ``n`` words (n <= CHUNK_WORDS); the view is overwritten by the next call."""
+    def next_words(self, n: int, buffer: bytearray | None = None) -> np.ndarray:
+        """The next ``n`` words (n <= CHUNK_WORDS), as a view of ``buffer`` (from new_buffer(),
+        overwritten by the next call that uses it; a fresh one when not given)."""
         if not 0 <= n <= CHUNK_WORDS:
             raise ValueError("request at most CHUNK_WORDS words at a time")
-        self._enc.update_into(memoryview(_ZEROS)[: n * 8], self._buf)
-        return self._words[:n]
+        buffer = new_buffer() if buffer is None else buffer
+        self._enc.update_into(memoryview(_ZEROS)[: n * 8], buffer)
+        return np.frombuffer(buffer, dtype="<u8", count=n)
 
 
 def add_streams(target: np.ndarray, streams: Sequence[tuple[MaskStream, int]]) -> None:
@@ -49,10 +55,11 @@ def add_streams(target: np.ndarray, streams: Sequence[tuple[MaskStream, int]]) -
     for _, sign in streams:
         if sign not in (1, -1):
             raise ValueError("stream signs are +1 or -1")
+    buffer = new_buffer()
     for start in range(0, target.size, CHUNK_WORDS):
         part = target[start : start + CHUNK_WORDS]
         for stream, sign in streams:
-            words = stream.next_words(part.size)
+            words = stream.next_words(part.size, buffer)
             # numpy's uint64 arithmetic wraps modulo 2^64, which is exactly Z_(2^64).
             if sign > 0:
                 np.add(part, words, out=part)
