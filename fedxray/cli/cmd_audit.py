@@ -20,7 +20,7 @@ EXAMPLES = {
             "audit the final model against the ledger",
             "fedxray prep /data/xray/train --plan pneumo.plan --key hospital-a.key "
             "--holdout 0.2 && fedxray audit round-0006.model --members hospital-a.shard "
-            "--non-members hospital-a.holdout.shard --ledger hospital-a-pneumo.ledger",
+            "--non-members hospital-a.holdout.shard --ledger hospital-a.ledger",
         ),
         (
             "The stronger, slower attack (offline LiRA, 16 reference models), as JSON",

@@ -11,7 +11,7 @@ from rich.markup import escape
 from fedxray.cli.common import KeyOpt, PlanOpt, Run, Ui, command
 from fedxray.steps.party_files import shown_path
 from fedxray.steps.status import STAGES, Status, party_status
-from fedxray.training.accounting import epsilon_text
+from fedxray.training.accounting import epsilon_left_text, epsilon_text
 
 EXAMPLES = {
     "status": [
@@ -126,7 +126,7 @@ def _privacy(p: dict) -> str:
     if p["site_budget"] is not None:
         text += (
             f"; site total {epsilon_text(p['site_total'])} of its budget {p['site_budget']:g} "
-            f"({epsilon_text(p['remaining'])} left)"
+            f"({epsilon_left_text(p['site_budget'], p['site_total'])} left)"
         )
     return text
 

@@ -53,6 +53,16 @@ def epsilon_text(eps: float | None, infinite: str = "inf") -> str:
     return infinite if value is None else f"{value:.3f}"
 
 
+def epsilon_left_text(budget: float, spent: float | None) -> str:
+    """What remains of ``budget``, as shown beside ``spent``: the difference of the numbers
+    people read, so that the two shown add up to the budget (8 = 6.136 + 1.864, where the raw
+    values would show 1.863)."""
+    shown = epsilon_value(spent)
+    if shown is None:
+        return epsilon_text(0.0)
+    return epsilon_text(max(0.0, budget - float(f"{shown:.3f}")))
+
+
 def epsilon(history: Iterable[tuple[float, float, int]], delta: float) -> float:
     """Epsilon spent by ``history`` at ``delta`` (0 for an empty history)."""
     from opacus.accountants.analysis import rdp as opacus_rdp  # slow import: only when used
