@@ -91,8 +91,10 @@ def train_local(
     the number of examples and patients, and the privacy spent. The update stays at the site:
     `fedxray mask` turns it into the file that travels. After a crash, running the same
     command again resumes from the last finished epoch and replays an unfinished one with its
-    recorded seed, so nothing is counted twice; run again for a lost update, it gives the same
-    bytes. A missing or different ledger is refused (exit 5) when the site has trained before.
+    recorded seed, so nothing is counted twice (it says so); run again for a lost update, it
+    gives the same bytes. Ctrl-C prints the epsilon the ledger records for the federation so
+    far (every epoch begun counts). A missing or different ledger is refused (exit 5) when
+    the site has trained before.
 
     Warns when the shard has fewer than 50 patients: then a class has about 17 patients or
     fewer, and under DP each epoch is a single step over the whole shard with more than
