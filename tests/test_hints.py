@@ -8,9 +8,11 @@ coordinator's folder as a technician would: every hint is split as a shell would
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -87,6 +89,16 @@ def test_hints_run_as_printed_through_a_dropout_round(tmp_path, monkeypatch):
     assert spent and float(spent.group(1)) > 0, stopped.err
     assert "run the same command again to resume" in stopped.err
     assert not (coord / "hosp-a-round-0001.update").exists()
+    # status at the site (its folder: key, shard, ledger; the model on the "stick") agrees.
+    st = run_cli("status", tmp_path, "--plan", plan, "--key", tmp_path / "hosp-a.key",
+                 "--inbox", coord, "--json")  # fmt: skip
+    assert st.code == 0, st.err
+    doc = json.loads(st.out)
+    assert doc["stage"] == "train" and doc["round"] == 1, doc
+    assert any("interrupted" in n and "resumes" in n for n in doc["notes"]), doc["notes"]
+    assert [Path(f).name for f in doc["fetch"]] == ["round-0001.model"]
+    assert doc["next"][0]["argv"][1] == "train-local" and "--key" in doc["next"][0]["argv"]
+    assert doc["privacy"]["epsilon"] == pytest.approx(float(spent.group(1)), abs=1e-3)
     resumed = train("hosp-a", 1)
     assert "resumed round 1: went on from epoch 2" in resumed, resumed
     assert "nothing was counted twice" in resumed
