@@ -94,3 +94,19 @@ def test_steps_per_epoch():
     assert accounting.steps_per_epoch(5, 10) == (1.0, 1)
     with pytest.raises(FedxrayError, match="empty"):
         accounting.steps_per_epoch(0, 10)
+
+
+@pytest.mark.parametrize("raw", [6.13649, 3.66549, 3.6655, 0.0004, 7.9995, 5.09, 8.0])
+def test_epsilon_shown_one_way_and_what_remains_adds_up(raw):
+    # A raw value and the same value read back from a JSON document show the same text.
+    shown = accounting.epsilon_text(raw)
+    assert accounting.epsilon_text(accounting.epsilon_value(raw)) == shown
+    assert shown == f"{float(shown):.3f}"
+    # The spent and the remaining shown add up to the budget people read.
+    left = accounting.epsilon_left_text(8, raw)
+    assert round(float(shown) + float(left), 3) == 8.0, (shown, left)
+
+
+def test_epsilon_text_without_dp():
+    assert accounting.epsilon_text(math.inf) == "inf"
+    assert accounting.epsilon_text(None, "inf (no DP)") == "inf (no DP)"

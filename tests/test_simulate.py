@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,24 @@ def run(tmp_path_factory):
         "--audit-canaries", str(CANARIES),
     )  # fmt: skip
     assert r.code == 0, r.err
+    PRINTED["run"] = r.err
     return out, json.loads(r.out)
+
+
+PRINTED: dict[str, str] = {}  # what the module's run printed on the terminal
+
+
+def test_progress_inside_a_round_budget_and_legend(run):
+    text = PRINTED["run"]
+    # Each site's training is reported as it finishes, with its epochs and what is left.
+    assert "round 1 of 2: 3 sites train 4 epoch(s) each" in text
+    assert re.search(r"hospital-a: trained 4 epoch\(s\) in [\d.]+s, loss [\d.]+, "
+                     r"epsilon \d\.\d{3} / 8; about \d+s of training left", text), text  # fmt: skip
+    assert "hospital-c: trained 4 epoch(s)" in text and "drops out" in text
+    # The tables show epsilon of the budget, and a legend says what MCC and courier mean.
+    assert re.search(r"│ hospital-b │ [\d.]+ +│ \d\.\d{3} / 8 │", text), text
+    assert text.count("MCC: Matthews correlation coefficient") == 1
+    assert "courier: the bytes carried between the parties" in text
 
 
 def test_report_has_rounds_sites_times_and_metrics(run):

@@ -20,6 +20,7 @@ from fedxray.audit.roc import DEFAULT_FPRS, attack_auc, tpr_at_fpr
 from fedxray.data.shard import Shard
 from fedxray.data.split import patient_keys
 from fedxray.errors import FedxrayError
+from fedxray.training.accounting import epsilon_text
 
 DEFAULT_REFERENCE_MODELS = 8
 DEFAULT_CONFIDENCE = 0.95
@@ -49,7 +50,7 @@ def membership_report(
             f"with {bound.members} members and {bound.non_members} non-members in the half the "
             f"bound is computed on, even a perfect attack could only show epsilon >= "
             f"{bound.max_possible:.2f}: this audit cannot reach the accountant's "
-            f"{accountant_epsilon:.3g}"
+            f"{epsilon_text(accountant_epsilon)}"
         )
     return AuditReport(
         attack=attack,

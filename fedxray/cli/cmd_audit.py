@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import math
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +11,7 @@ from rich.markup import escape
 
 from fedxray.cli.common import DeviceOpt, PlanOpt, Run, Ui, argument, command
 from fedxray.cli.render import render_audit_alert
+from fedxray.training.accounting import epsilon_text
 
 EXAMPLES = {
     "audit": [
@@ -20,7 +20,7 @@ EXAMPLES = {
             "audit the final model against the ledger",
             "fedxray prep /data/xray/train --plan pneumo.plan --key hospital-a.key "
             "--holdout 0.2 && fedxray audit round-0006.model --members hospital-a.shard "
-            "--non-members hospital-a.holdout.shard --ledger hospital-a-pneumo.ledger",
+            "--non-members hospital-a.holdout.shard --ledger hospital-a.ledger",
         ),
         (
             "The stronger, slower attack (offline LiRA, 16 reference models), as JSON",
@@ -136,9 +136,7 @@ def audit(
 
 
 def _eps(x: float | None) -> str:
-    if x is None or math.isinf(x):
-        return "infinite: trained without DP"
-    return f"{x:.2f}"
+    return epsilon_text(x, "infinite: trained without DP")
 
 
 def _render(ui: Ui, res) -> None:

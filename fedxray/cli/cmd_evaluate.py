@@ -235,7 +235,7 @@ def predict(
                     )
             yield pred
 
-    with run.ui.progress(enough_work=len(paths) >= _PROGRESS_FROM) as bar:
+    with run.ui.progress(enough_work=len(paths) >= _PROGRESS_FROM, unit="images") as bar:
         task = bar.add_task("classifying", total=len(paths))
         preds = predict_files(
             loaded,

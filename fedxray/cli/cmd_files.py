@@ -11,6 +11,7 @@ from fedxray.cli.common import KeyOpt, PlanOpt, Run, Ui, argument, command
 from fedxray.fsio import read_input
 from fedxray.keys import load_private_key
 from fedxray.steps import inspection
+from fedxray.training.accounting import epsilon_text
 
 EXAMPLES = {
     "inspect": [
@@ -45,7 +46,9 @@ def inspect(
         if info.get("kind") == "ledger":
             _render_ledger(run.ui, file, info)
             return
-        run.ui.kv(file, {k: _text(v) for k, v in info.items() if k != "meta"})
+        rows = {k: _text(v) for k, v in info.items() if k != "meta"}
+        rows.update(_privacy_rows(info.get("meta")))
+        run.ui.kv(file, rows)
         if info.get("meta"):
             run.ui.info("meta: " + json.dumps(info["meta"], indent=1, default=str)[:4000])
 
@@ -61,18 +64,39 @@ def _text(value) -> str:
     return str(value)
 
 
+def _eps(value) -> str:
+    """An epsilon from a file, as fedxray shows epsilon everywhere (the raw value is in the
+    meta and in --json)."""
+    return epsilon_text(value) if isinstance(value, int | float) else _text(value)
+
+
+def _privacy_rows(meta) -> dict:
+    """The privacy an update reports, or the sites' in a model's provenance, rounded as
+    everywhere else."""
+    if not isinstance(meta, dict):
+        return {}
+    rows = {}
+    if "epsilon" in meta:
+        rows["epsilon"] = _eps(meta["epsilon"]) if meta.get("dp", True) else "inf (no DP)"
+    reported = (meta.get("provenance") or {}).get("epsilon") if isinstance(
+        meta.get("provenance"), dict) else None  # fmt: skip
+    if isinstance(reported, dict) and reported:
+        rows["epsilon reported"] = ", ".join(f"{s} {_eps(v)}" for s, v in reported.items())
+    return rows
+
+
 def _render_ledger(ui: Ui, file: str, info: dict) -> None:
     ui.info(f"{file}: {info['note']}")
     site = {"ledger id": info.get("ledger_id")}
     for part in ("budget", "total"):
         for k, v in (info.get(part) or {}).items():
-            site[f"{part} {k}"] = v
+            site[f"{part} {k}"] = _eps(v) if (part, k) == ("total", "epsilon") else v
     ui.kv("site", site)
     for fed in info["federations"]:
         title = f"federation {fed['federation']}" + (f" ({fed['name']})" if fed.get("name") else "")
         ui.kv(title, {**fed["calibration"],
               "epochs recorded": fed["epochs_recorded"]})  # fmt: skip
-        rows = [(r, v.get("epochs"), v.get("epsilon_after"), v.get("finished"))
+        rows = [(r, v.get("epochs"), _eps(v.get("epsilon_after")), v.get("finished"))
                 for r, v in fed["rounds"].items()]  # fmt: skip
         ui.table(None, rows, ("round", "epochs", "epsilon after", "finished"))
 

@@ -180,7 +180,7 @@ def prep(
                 "no output file given", hint="pass -o SITE.shard (or --key SITE.key)"
             )
         output = Path(f"{identity.name}.shard")
-    with run.ui.progress() as bar:
+    with run.ui.progress(unit="images") as bar:
         task = bar.add_task("preparing", total=None)
         res = prep_files(
             inputs,

@@ -8,12 +8,14 @@ from typing import Annotated
 import typer
 
 from fedxray.cli.common import Run, argument, command, output_option
+from fedxray.filenames import round_file
 from fedxray.fsio import shown
 from fedxray.steps.abandon import AbandonResult, abandon_file
 from fedxray.steps.aggregate import AggregateResult, aggregate_files
 from fedxray.steps.mask import MaskResult, mask_file
 from fedxray.steps.reveal import RevealResult, reveal_file
 from fedxray.steps.unmask import UnmaskResult, unmask_files
+from fedxray.training.accounting import epsilon_text
 
 EXAMPLES = {
     "mask": [
@@ -142,7 +144,7 @@ def aggregate(
     sites, each answers with `fedxray reveal`, and read the printed closure id to them by
     phone (reveal prints the same id).
     """
-    with run.ui.progress() as bar:
+    with run.ui.progress(unit="files") as bar:
         task = bar.add_task("aggregating", total=len(masked))
         res = aggregate_files(
             masked,
@@ -153,10 +155,11 @@ def aggregate(
             force=run.force,
             progress=lambda done, _n: bar.update(task, completed=done),
         )
-    run.done(res.to_dict(), lambda: _render_aggregate(run.ui, res))
+    run.done(res.to_dict(), lambda: _render_aggregate(run, res))
 
 
-def _render_aggregate(ui, res: AggregateResult) -> None:
+def _render_aggregate(run: Run, res: AggregateResult) -> None:
+    ui = run.ui
     ui.info(
         f"round {res.round}: summed {len(res.survivors)} masked updates "
         f"({', '.join(res.survivors)})"
@@ -164,13 +167,17 @@ def _render_aggregate(ui, res: AggregateResult) -> None:
     )
     ui.info(f"wrote {shown(res.sum_path)}")
     if res.closure_path is None:
-        ui.info(f"no site dropped out: no second trip; next: fedxray unmask {res.sum_path}")
+        ui.info("no site dropped out: no second trip")
+        ui.info(f"next: {run.next_command('unmask', res.sum_path)}")
         return
     ui.info(
         f"wrote {shown(res.closure_path)}: send it to {', '.join(res.reveal_from)}; each runs "
         "`fedxray reveal` on it and sends back its .reveal file"
     )
     ui.info(f"closure id: {res.closure_code} (read it to each site; reveal prints it)")
+    reveals = [Path(round_file("reveal", res.round, s)) for s in res.reveal_from]
+    then = run.next_command("unmask", res.sum_path, *reveals)
+    ui.info(f"next, once their .reveal files are here: {then}")
 
 
 # --- reveal (site) ----------------------------------------------------------------------------
@@ -267,10 +274,11 @@ def unmask(
         fresh_server_state=fresh_server_state,
         force=run.force,
     )
-    run.done(res.to_dict(), lambda: _render_unmask(run.ui, res))
+    run.done(res.to_dict(), lambda: _render_unmask(run, res))
 
 
-def _render_unmask(ui, res: UnmaskResult) -> None:
+def _render_unmask(run: Run, res: UnmaskResult) -> None:
+    ui = run.ui
     eps = res.provenance.get("epsilon", {})
     rows = [(s, "contributed", _eps(eps.get(s))) for s in res.sites]
     rows += [(s, "dropped", "-") for s in res.dropped]
@@ -278,11 +286,24 @@ def _render_unmask(ui, res: UnmaskResult) -> None:
     ui.table(
         f"round {res.round - 1} ({optimizer})", rows, ("site", "this round", "epsilon reported")
     )
-    ui.info(f"wrote {shown(res.path)}: round {res.round}'s global model; send it to every site")
+    _sent_model(run, res.path, res.round)
+
+
+def _sent_model(run: Run, path: Path | None, r: int) -> None:
+    """What the coordinator does with a model it wrote: round r's, or the federation's final
+    one once the plan's rounds are done (there is no round r then)."""
+    last = run.party.plan.settings.training.rounds
+    if r <= last:
+        run.ui.info(f"wrote {shown(path)}: round {r}'s global model; send it to every site")
+        return
+    run.ui.info(
+        f"wrote {shown(path)}: the federation's final model (round {last} was the plan's "
+        "last); send it to every site, to evaluate on its held-out data (fedxray evaluate)"
+    )
 
 
 def _eps(value) -> str:
-    return f"{value:.3f}" if isinstance(value, int | float) else "not reported (no DP?)"
+    return epsilon_text(value) if isinstance(value, int | float) else "not reported (no DP?)"
 
 
 # --- abandon (coordinator) --------------------------------------------------------------------
@@ -310,14 +331,15 @@ def abandon(
     privacy the sites spent training the abandoned round stays spent.
     """
     res = abandon_file(model, run.party, output=output, reason=reason, force=run.force)
-    run.done(res.to_dict(), lambda: _render_abandon(run.ui, res))
+    run.done(res.to_dict(), lambda: _render_abandon(run, res))
 
 
-def _render_abandon(ui, res: AbandonResult) -> None:
-    ui.info(f"round {res.abandoned_round} abandoned; its masked updates, sum and reveals are void")
-    ui.info(
-        f"wrote {shown(res.path)}: round {res.round}'s model, same weights; send it to every site"
+def _render_abandon(run: Run, res: AbandonResult) -> None:
+    run.ui.info(
+        f"round {res.abandoned_round} abandoned; its masked updates, sum and reveals are void "
+        f"(the model carries round {res.abandoned_round}'s weights unchanged)"
     )
+    _sent_model(run, res.path, res.round)
 
 
 def register(app: typer.Typer) -> None:

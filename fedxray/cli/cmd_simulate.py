@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +13,7 @@ from fedxray.cli.common import PLAN_OPTIONS, DeviceOpt, Run, Ui, command
 from fedxray.cli.render import render_audit_alert, render_report
 from fedxray.errors import FedxrayError
 from fedxray.simulation.runner import Simulation, SimulationConfig
+from fedxray.training.accounting import epsilon_text
 
 # The simulation's defaults: the plan's, except where tuned for the bundled sample data.
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(SimulationConfig)}
@@ -140,39 +142,8 @@ def simulate(
         **plan_options,
     )
 
-    def on_event(kind: str, info: dict) -> None:
-        if kind == "site":
-            run.ui.info(f"{info['site']}: {info['images']} images, {info['patients']} patients")
-        elif kind == "canaries":
-            run.ui.info(
-                f"{info['site']}: {info['canaries']} canary patients planted, "
-                f"{info['included']} trained on (coins: {info['coins']}); their record stays "
-                "in the site's folder"
-            )
-        elif kind == "init":
-            run.ui.info(f"federation ready: {', '.join(info['sites'])}")
-        elif kind == "round":
-            rows = []
-            for name, s in info["sites"].items():
-                eps = "-" if s["epsilon"] is None else f"{s['epsilon']:.2f}"
-                state = "dropped" if s.get("dropped") else f"{s['seconds']:.1f}s"
-                rows.append((name, f"{s['loss']:.4f}", eps, state))
-            sec = info["seconds"]
-            run.ui.table(
-                f"round {info['round']}",
-                rows,
-                ("site", "loss", "epsilon", "train"),
-            )
-            run.ui.info(
-                f"  mask {sec['mask']:.2f}s  aggregate {sec['aggregate']:.2f}s  "
-                f"reveal {sec['reveal']:.2f}s  unmask {sec['unmask']:.2f}s  "
-                f"courier {info['courier_bytes'] / 1e6:.1f} MB  |  held-out: "
-                f"acc {_metric(info['metrics'], 'accuracy')}  "
-                f"macro AUC {_metric(info['metrics'], 'macro_roc_auc')}  "
-                f"MCC {_metric(info['metrics'], 'mcc')}"
-            )
-
-    result = Simulation(cfg, on_event).run()
+    with _Reporter(run.ui, cfg) as on_event:
+        result = Simulation(cfg, on_event).run()
 
     def render() -> None:
         render_report(run.ui, result["final_evaluation"], "final model on the held-out data")
@@ -183,9 +154,127 @@ def simulate(
     run.done(result, render)
 
 
+LEGEND = (
+    "epsilon: what each site has spent in this federation so far / the plan's budget",
+    "MCC: Matthews correlation coefficient on the held-out data (1 perfect, 0 no better than "
+    "chance)",
+    "courier: the bytes carried between the parties this round (models, masked updates, "
+    "closures, reveals: what a real federation exchanges)",
+)
+
+
+class _Reporter:
+    """What simulate says while it runs: each site's training as it happens (a progress bar
+    with the epoch and the time left on a terminal; a line per site everywhere), and a table
+    per round."""
+
+    def __init__(self, ui: Ui, cfg: SimulationConfig):
+        self.ui, self.cfg = ui, cfg
+        self.budget = cfg.epsilon if cfg.dp else None
+        self.bar = ui.progress(unit="steps")
+        self.task = None
+        self.site = None
+        self.started = 0.0
+        self.trained: list[float] = []  # this round's sites' training seconds
+        self.sites: list[str] = []
+        self.legend = True
+
+    def __enter__(self):
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.stop()
+
+    def __call__(self, kind: str, info: dict) -> None:
+        handler = getattr(self, "_" + kind.replace("-", "_"), None)
+        if handler is not None:
+            handler(info)
+
+    def _site(self, info: dict) -> None:
+        self.ui.info(f"{info['site']}: {info['images']} images, {info['patients']} patients")
+
+    def _canaries(self, info: dict) -> None:
+        self.ui.info(
+            f"{info['site']}: {info['canaries']} canary patients planted, "
+            f"{info['included']} trained on (coins: {info['coins']}); their record stays "
+            "in the site's folder"
+        )
+
+    def _init(self, info: dict) -> None:
+        self.ui.info(f"federation ready: {', '.join(info['sites'])}")
+
+    def _round_start(self, info: dict) -> None:
+        self.sites, self.trained = list(info["sites"]), []
+        self.ui.info(
+            f"round {info['round']} of {self.cfg.rounds}: {len(self.sites)} sites train "
+            f"{self.cfg.local_epochs} epoch(s) each"
+        )
+
+    def _training(self, info: dict) -> None:
+        if self.site != info["site"]:
+            self.site, self.started = info["site"], time.perf_counter()
+            if self.task is not None:
+                self.bar.remove_task(self.task)
+            self.task = self.bar.add_task(info["site"], total=info["total"])
+        epochs = self.cfg.local_epochs
+        per_epoch = max(1, info["total"] // epochs)
+        epoch = min(epochs, info["done"] // per_epoch + 1)
+        self.bar.update(
+            self.task, completed=info["done"], total=info["total"],
+            description=f"round {info['round']}, {info['site']}: epoch {epoch} of {epochs}",
+        )  # fmt: skip
+
+    def _site_round(self, info: dict) -> None:
+        self.site = None
+        if self.task is not None:
+            self.bar.remove_task(self.task)
+            self.task = None
+        self.trained.append(info["seconds"])
+        left = len(self.sites) - len(self.trained)
+        eps = _epsilon(info["epsilon"], self.budget)
+        line = (
+            f"  {info['site']}: trained {len(info['losses'])} epoch(s) in "
+            f"{info['seconds']:.1f}s, loss {info['loss']:.4f}, epsilon {eps}"
+        )
+        if info.get("dropped"):
+            line += "; drops out: its update is never delivered"
+        if left:
+            eta = sum(self.trained) / len(self.trained) * left
+            line += f"; about {eta:.0f}s of training left in this round"
+        self.ui.info(line)
+
+    def _round(self, info: dict) -> None:
+        rows = []
+        for name, s in info["sites"].items():
+            state = "dropped" if s.get("dropped") else f"{s['seconds']:.1f}s"
+            rows.append((name, f"{s['loss']:.4f}", _epsilon(s["epsilon"], self.budget), state))
+        sec = info["seconds"]
+        self.ui.table(f"round {info['round']}", rows, ("site", "loss", "epsilon", "train"))
+        self.ui.info(
+            f"  mask {sec['mask']:.2f}s  aggregate {sec['aggregate']:.2f}s  "
+            f"reveal {sec['reveal']:.2f}s  unmask {sec['unmask']:.2f}s  "
+            f"courier {info['courier_bytes'] / 1e6:.1f} MB  |  held-out: "
+            f"acc {_metric(info['metrics'], 'accuracy')}  "
+            f"macro AUC {_metric(info['metrics'], 'macro_roc_auc')}  "
+            f"MCC {_metric(info['metrics'], 'mcc')}"
+        )
+        if self.legend:
+            for line in LEGEND:
+                self.ui.info(f"  {line}")
+            self.legend = False
+
+
+def _epsilon(eps: float | None, budget: float | None) -> str:
+    """'5.090 / 8': spent of the plan's budget; 'inf (no DP)' without DP."""
+    if eps is None:
+        return "inf (no DP)"
+    return epsilon_text(eps) + ("" if budget is None else f" / {budget:g}")
+
+
 def _render_canary_audit(ui: Ui, doc: dict) -> None:
     acc = doc["accountant"]
-    spent = "infinite: trained without DP" if acc["epsilon"] is None else f"{acc['epsilon']:.2f}"
+    spent = epsilon_text(acc["epsilon"], "infinite: trained without DP")
     ui.table(
         f"canary audit of {doc['model']} at {doc['site']} (one training run)",
         [

@@ -17,8 +17,11 @@ from fedxray.cli.common import (
     command,
     output_option,
 )
+from fedxray.errors import FedxrayError
+from fedxray.fsio import shown
 from fedxray.plan import load_plan
 from fedxray.steps.privacy import PrivacyReport, privacy_report
+from fedxray.training.accounting import epsilon_left_text, epsilon_text
 
 EXAMPLES = {
     "train-local": [
@@ -88,8 +91,10 @@ def train_local(
     the number of examples and patients, and the privacy spent. The update stays at the site:
     `fedxray mask` turns it into the file that travels. After a crash, running the same
     command again resumes from the last finished epoch and replays an unfinished one with its
-    recorded seed, so nothing is counted twice; run again for a lost update, it gives the same
-    bytes. A missing or different ledger is refused (exit 5) when the site has trained before.
+    recorded seed, so nothing is counted twice (it says so); run again for a lost update, it
+    gives the same bytes. Ctrl-C prints the epsilon the ledger records for the federation so
+    far (every epoch begun counts). A missing or different ledger is refused (exit 5) when
+    the site has trained before.
 
     Warns when the shard has fewer than 50 patients: then a class has about 17 patients or
     fewer, and under DP each epoch is a single step over the whole shard with more than
@@ -100,51 +105,100 @@ def train_local(
     notes = [SEED_WARNING] if seed is not None else []
     for note in notes:
         run.ui.info(f"warning: {note}")
-    with run.ui.progress() as bar:
-        task = bar.add_task("training", total=None)
-        local = train_file(
-            model,
-            data,
-            run.party,
-            output=output,
-            ledger=ledger,
-            force=run.force,
-            dp=not no_dp,
-            device=device,
-            seed=seed,
-            local_epsilon_cap=max_epsilon,
-            new_ledger=new_ledger,
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
-        )
+    epochs = run.party.plan.settings.training.local_epochs
+    try:
+        with run.ui.progress(unit="steps") as bar:
+            task = bar.add_task("checking the model, the shard and the ledger", total=None)
+            local = train_file(
+                model,
+                data,
+                run.party,
+                output=output,
+                ledger=ledger,
+                force=run.force,
+                dp=not no_dp,
+                device=device,
+                seed=seed,
+                local_epsilon_cap=max_epsilon,
+                new_ledger=new_ledger,
+                progress=lambda done, total: bar.update(
+                    task, completed=done, total=total, description=_epoch(done, total, epochs)
+                ),
+            )
+    except KeyboardInterrupt:
+        _say_spent(run, ledger)
+        raise
     summary = {"update": str(local.path), "ledger": str(local.ledger), **local.summary()}
     summary["warnings"] = [*notes, *summary["warnings"]]
-    run.done(summary, lambda: _render_round(run.ui, summary, local, run.party))
+    hint = run.next_command("mask", local.path)
+    run.done(summary, lambda: _render_round(run.ui, summary, local, run.party, hint))
 
 
-def _render_round(ui: Ui, summary: dict, local, me: Party) -> None:
+def _epoch(done: int, total: int, epochs: int) -> str:
+    """The progress bar's label: which epoch of the round the step is in."""
+    per_epoch = max(1, total // max(1, epochs))
+    return f"training, epoch {min(epochs, done // per_epoch + 1)} of {epochs}"
+
+
+def _say_spent(run: Run, ledger: Path | None) -> None:
+    """On Ctrl-C: what the ledger says this federation has spent, epochs begun included, and
+    that the same command resumes."""
+    from fedxray.steps.train_local import default_ledger_path
+
+    path = ledger or default_ledger_path(run.party.key_path)
+    plan = run.party.plan
+    try:
+        report = privacy_report(path, plan)
+    except (FedxrayError, OSError):
+        return  # interrupted before the ledger existed: nothing was spent
+    spent = report.federations[0].epsilon if report.federations else 0.0
+    run.ui.info(
+        f"interrupted: federation {plan.name} has spent epsilon {epsilon_text(spent)} of "
+        f"{plan.settings.dp.epsilon:g} at this site so far (every epoch begun counts); "
+        "run the same command again to resume: finished epochs are not trained or counted "
+        "twice"
+    )
+
+
+def _render_round(ui: Ui, summary: dict, local, me: Party, hint: str) -> None:
     for w in local.summary()["warnings"]:
         ui.info(f"warning: {w}")
     eps, total = summary["epsilon"], summary["site_epsilon"]
     privacy = "none (--no-dp)"
     if summary["dp"]:
         privacy = (
-            f"epsilon {eps:.3f} of {me.plan.settings.dp.epsilon:g} spent so far "
+            f"epsilon {epsilon_text(eps)} of {me.plan.settings.dp.epsilon:g} spent so far "
             f"(delta {summary['delta']:g}, per {summary['unit']})"
         )
     rows = {
         "examples / patients": f"{summary['examples']} / {summary['patients']}",
         "loss per epoch": ", ".join(f"{v:.4f}" for v in summary["losses"]),
         "privacy": privacy,
-        "site total": "inf (no DP)" if total is None else f"epsilon {total:.3f}, all federations",
+        "site total": "inf (no DP)"
+        if total is None
+        else f"epsilon {epsilon_text(total)}, all federations",
         "seconds": summary["seconds"],
     }
-    if summary["resumed_from_epoch"] or summary["replayed_epochs"]:
-        rows["resumed"] = (
-            f"from epoch {summary['resumed_from_epoch']}; "
-            f"{summary['replayed_epochs']} epoch(s) replayed with their recorded seeds"
-        )
+    resumed = _resumed(summary)
+    if resumed:
+        rows["resumed"] = resumed
+        ui.info(f"resumed round {local.round}: {resumed}")
     ui.kv(f"round {local.round} at {me.identity.name}", rows)
-    ui.info(f"wrote {local.path} (stays here; next: fedxray mask {local.path})")
+    ui.info(f"wrote {shown(local.path)} (it stays here)")
+    ui.info(f"next: {hint}")
+
+
+def _resumed(summary: dict) -> str | None:
+    """What a rerun took over from the interrupted one (None for a fresh round)."""
+    start, replayed = summary["resumed_from_epoch"], summary["replayed_epochs"]
+    if not start and not replayed:
+        return None
+    if start >= len(summary["losses"]) and not replayed:
+        return "the round was already trained: its update was made again from the checkpoint"
+    text = f"went on from epoch {start + 1}" if start else "started again at epoch 1"
+    if replayed:
+        text += f"; {replayed} unfinished epoch(s) replayed with their recorded seeds"
+    return text + ": nothing was counted twice"
 
 
 @command()
@@ -225,7 +279,8 @@ def _render_privacy(ui: Ui, report: PrivacyReport) -> None:
     delta = "" if report.site_delta is None else f" at delta {report.site_delta:g}"
     site_rows.append((f"site total{delta}", _epsilon(doc["total_epsilon"]), _budget(report)))
     if report.budget is not None:
-        site_rows.append(("remaining", _epsilon(doc["remaining"]), ""))
+        left = epsilon_left_text(report.budget.epsilon, report.total_epsilon)
+        site_rows.append(("remaining", left, ""))
     ui.table(
         f"site ledger {report.ledger.name} (id {report.ledger_id[:8]})",
         site_rows,
@@ -234,7 +289,7 @@ def _render_privacy(ui: Ui, report: PrivacyReport) -> None:
 
 
 def _epsilon(x: float | None) -> str:
-    return "inf (no DP)" if x is None else f"{x:.3f}"
+    return epsilon_text(x, "inf (no DP)")
 
 
 def _target(x: float | None) -> str:

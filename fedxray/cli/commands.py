@@ -13,6 +13,7 @@ import typer
 MODULES = (
     "cmd_identity",  # keygen, init
     "cmd_files",  # inspect, verify
+    "cmd_status",  # status
     "cmd_prep",  # prep
     "cmd_train",  # train-local, privacy
     "cmd_secagg",  # mask, aggregate, reveal, unmask, abandon

@@ -27,13 +27,21 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    ProgressColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
+from rich.text import Text
 
 from fedxray.devices import check_device_name, resolve_device
 from fedxray.errors import EXIT_BROKEN_PIPE, FedxrayError
 from fedxray.fsio import is_stdio
 from fedxray.settings import option_default
+from fedxray.steps import party_files
 from fedxray.steps.shared import Party, load_party
 
 JsonOpt = Annotated[
@@ -130,17 +138,34 @@ class Ui:
             self.emit_json(doc)
         render()
 
-    def progress(self, enough_work: bool = True):
-        """A rich progress bar on stderr; off when quiet, off the terminal (pipes, logs, CI:
-        only a blank line would remain) or for too little work to watch."""
+    def progress(self, enough_work: bool = True, unit: str = ""):
+        """A rich progress bar on stderr, counting ``unit``s, with the time spent and the time
+        left; off when quiet, off the terminal (pipes, logs, CI: only a blank line would
+        remain) or for too little work to watch."""
         return Progress(
             "[progress.description]{task.description}",
             BarColumn(),
-            MofNCompleteColumn(),
+            _Count(unit),
             TimeElapsedColumn(),
+            TimeRemainingColumn(),
             console=self.console,
             transient=True,
             disable=self.console.quiet or not self.console.is_terminal or not enough_work,
+        )
+
+
+class _Count(ProgressColumn):
+    """'3/40 steps'; before the total is known, nothing (never a long '0/?')."""
+
+    def __init__(self, unit: str):
+        super().__init__()
+        self.unit = f" {unit}" if unit else ""
+
+    def render(self, task) -> Text:
+        if task.total is None:
+            return Text("")
+        return Text(
+            f"{int(task.completed)}/{int(task.total)}{self.unit}", style="progress.download"
         )
 
 
@@ -209,14 +234,23 @@ def hint(error: FedxrayError) -> str | None:
 
 @dataclass(frozen=True)
 class Run:
-    """What a command's body receives: its Ui, the party it acts as (if any), and --force."""
+    """What a command's body receives: its Ui, the party it acts as (if any, with the plan and
+    key files it was given), and --force."""
 
     ui: Ui
     party: Party | None = None
     force: bool = False
+    plan_path: Path | None = None
 
     def done(self, doc: dict, render: Callable[[], None]) -> None:
         self.ui.done(doc, render)
+
+    def next_command(self, *words: str | Path, key: Path | None = None) -> str:
+        """A complete command for this party (or for the one whose ``key`` is named), with
+        --plan and --key, to print as a ``next:`` hint: it runs as printed, whatever the
+        environment holds."""
+        me = self.party.key_path if self.party is not None and key is None else key
+        return party_files.command_text(party_files.command(*words, plan=self.plan_path, key=me))
 
 
 def _is_float(annotation: Any) -> bool:
@@ -302,14 +336,15 @@ def command(
         def run(**kwargs) -> None:
             check_finite({name: kwargs[name] for name in floats})
             ui = start(kwargs.pop("quiet"), kwargs.pop("json_out"), *map(kwargs.get, outputs))
-            me = None
+            me = plan_path = None
             if acts_as is not None:
-                me = party(kwargs.pop("plan"), kwargs.pop("key"), coordinator=acts_as != "site")
+                plan_path = kwargs.pop("plan")
+                me = party(plan_path, kwargs.pop("key"), coordinator=acts_as != "site")
             forced = kwargs.pop("force", False)
             if plan_options is not None:
                 kwargs["plan_options"] = {name: kwargs.pop(name) for name in plan_options}
             try:
-                fn(Run(ui, me, forced), **kwargs)
+                fn(Run(ui, me, forced, plan_path), **kwargs)
             except BrokenPipeError:
                 _quiet_on_broken_pipe()
 

@@ -240,6 +240,7 @@ class Simulation:
         seconds = {"train": 0.0, "mask": 0.0, "aggregate": 0.0, "reveal": 0.0, "unmask": 0.0}
         site_info: dict[str, dict] = {}
         masked_files = []
+        self.emit("round-start", {"round": r, "sites": self.site_names, "dropped": dropped})
         for name in self.site_names:
             site_info[name], masked = self._site_round(name, r, name in dropped, seconds)
             if masked is not None:
@@ -283,6 +284,9 @@ class Simulation:
             dp=self.cfg.dp,
             device=self.cfg.device,
             seed=self.cfg.seed * 1000 + r,
+            progress=lambda done, total: self.emit(
+                "training", {"round": r, "site": name, "done": done, "total": total}
+            ),
         )
         seconds["train"] += time.perf_counter() - t0
         write_atomic(folder / round_file("update", r, name), local.update, mode=0o600)

@@ -11,12 +11,10 @@ from pathlib import Path
 
 from fedxray.errors import FedxrayError
 from fedxray.plan import Plan
+from fedxray.training.accounting import epsilon_text
+from fedxray.training.accounting import epsilon_value as _num
 from fedxray.training.ledger import Ledger, RoundRow, SiteBudget, SiteLedger, ledger_lock
 from fedxray.training.ledger_import import import_ledger
-
-
-def _num(x: float | None) -> float | None:
-    return None if x is None or not math.isfinite(x) else round(x, 4)
 
 
 @dataclass(frozen=True)
@@ -110,8 +108,8 @@ def privacy_report(
             site.save()
     if site.budget is not None and total > site.budget.epsilon * (1 + 1e-9):
         warnings.append(
-            f"the site's total epsilon {total:.3f} is over its budget {site.budget.epsilon:g}: "
-            "training is refused until the site raises it"
+            f"the site's total epsilon {epsilon_text(total)} is over its budget "
+            f"{site.budget.epsilon:g}: training is refused until the site raises it"
         )
     feds = sorted(site.federation_ids(), key=lambda fid: _first_trained(site.federation(fid)))
     if plan is not None:

@@ -42,6 +42,10 @@ class LocalState(Generic[R]):
         rec = self.rounds.get(str(round_number))
         return self.record.from_dict(rec) if rec is not None else None
 
+    def round_numbers(self) -> list[int]:
+        """The rounds recorded, in order."""
+        return sorted(int(r) for r in self.rounds)
+
     def put(self, round_number: int, record: R) -> None:
         """Record a round and write the file before anything is returned."""
         self.rounds[str(round_number)] = record.to_dict()
@@ -77,6 +81,22 @@ def _read(path: Path, party: str, federation_id: str) -> dict:
     return doc["rounds"]
 
 
+def read_state(
+    state_dir: str | os.PathLike, party: str, federation_id: str, record: type[R] = SiteRound
+) -> LocalState[R] | None:
+    """The state of ``party`` as it is on disk, to show it (``fedxray status``): no lock is
+    taken or created, nothing can be written through it. None when the party has none."""
+    path = state_path(state_dir, party, federation_id)
+    if not path.exists():
+        return None
+    return LocalState(path, party, federation_id, _read(path, party, federation_id), record)
+
+
+def lock_path(state_file: Path) -> Path:
+    """The lock file beside a state file (it stays once made; it holds nothing)."""
+    return state_file.with_name(state_file.name + ".lock")
+
+
 @contextlib.contextmanager
 def open_state(
     state_dir: str | os.PathLike, party: str, federation_id: str, record: type[R] = SiteRound
@@ -86,9 +106,8 @@ def open_state(
     if not folder.is_dir():
         raise FedxrayError(f"state folder does not exist: {folder}")
     path = state_path(folder, party, federation_id)
-    lock_path = path.with_name(path.name + ".lock")
     with exclusive_lock(
-        lock_path,
+        lock_path(path),
         f"another fedxray process is using {path.name}",
         "wait for it to finish, then run the command again",
     ):

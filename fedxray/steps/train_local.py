@@ -18,6 +18,7 @@ from fedxray.modelfile import load_model_artifact
 from fedxray.plan import Plan
 from fedxray.steps.shared import Party
 from fedxray.steps.site_memory import SiteFiles, check_ledger, remember
+from fedxray.training.accounting import epsilon_value
 from fedxray.training.ledger import SiteLedger
 from fedxray.training.loop import Progress, RoundResult, train_round
 from fedxray.training.settings import TrainSettings
@@ -51,7 +52,7 @@ class LocalRound:
             "patients": r.num_patients,
             "loss": r.losses[-1] if r.losses else None,
             "losses": r.losses,
-            "epsilon": None if math.isinf(r.epsilon) else round(r.epsilon, 4),
+            "epsilon": epsilon_value(r.epsilon),
             "delta": r.privacy_delta,
             "noise_multiplier": r.noise_multiplier,
             "unit": r.privacy_unit,
@@ -59,7 +60,7 @@ class LocalRound:
             "seconds": round(r.seconds, 2),
             "resumed_from_epoch": r.resumed_from_epoch,
             "replayed_epochs": r.replayed_epochs,
-            "site_epsilon": None if r.site_epsilon is None else round(r.site_epsilon, 4),
+            "site_epsilon": epsilon_value(r.site_epsilon),
             "warnings": [*self.warnings, *r.warnings],
         }
 

@@ -31,6 +31,38 @@ _MAX_BISECTIONS = 200
 _MAX_SIGMA = 1e4
 
 
+# How epsilon is shown and stored, everywhere: documents keep 4 decimals, people read 3.
+JSON_DECIMALS = 4
+
+
+def epsilon_value(eps: float | None) -> float | None:
+    """Epsilon for a JSON document: 4 decimals; None when infinite (JSON has no infinity)."""
+    return None if eps is None or not math.isfinite(eps) else round(float(eps), JSON_DECIMALS)
+
+
+def epsilon_text(eps: float | None, infinite: str = "inf") -> str:
+    """Epsilon as fedxray shows it, in every message and table: 3 decimals (``infinite`` for
+    None or infinity: trained without DP).
+
+    It rounds to the documents' 4 decimals first, so that a raw value (a ledger, an update's
+    header) and the same value read back from a JSON document show the same text: 3.66549
+    is stored as 3.6655, and rounding that again would show 3.666 where the raw value shows
+    3.665.
+    """
+    value = epsilon_value(eps)
+    return infinite if value is None else f"{value:.3f}"
+
+
+def epsilon_left_text(budget: float, spent: float | None) -> str:
+    """What remains of ``budget``, as shown beside ``spent``: the difference of the numbers
+    people read, so that the two shown add up to the budget (8 = 6.136 + 1.864, where the raw
+    values would show 1.863)."""
+    shown = epsilon_value(spent)
+    if shown is None:
+        return epsilon_text(0.0)
+    return epsilon_text(max(0.0, budget - float(f"{shown:.3f}")))
+
+
 def epsilon(history: Iterable[tuple[float, float, int]], delta: float) -> float:
     """Epsilon spent by ``history`` at ``delta`` (0 for an empty history)."""
     from opacus.accountants.analysis import rdp as opacus_rdp  # slow import: only when used
@@ -84,7 +116,7 @@ def calibrate_noise(
     spent = epsilon(prior, delta)
     if spent >= target_epsilon:
         raise BudgetExceededError(
-            f"epsilon {spent:.3g} of the budget {target_epsilon:g} is already spent"
+            f"epsilon {epsilon_text(spent)} of the budget {target_epsilon:g} is already spent"
         )
 
     @cache

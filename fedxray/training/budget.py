@@ -63,7 +63,8 @@ def noise_multiplier(
         # So much noise would make this site's updates noise, not signal, for the federation.
         raise _no_room(
             budget.epsilon,
-            f"it leaves this federation epsilon {ends_at:.3g} of its {settings.epsilon_budget:g}",
+            f"it leaves this federation epsilon {accounting.epsilon_text(ends_at)} of its "
+            f"{settings.epsilon_budget:g}",
         )
     ledger.calibrate(
         noise_multiplier=sigma,
@@ -91,7 +92,8 @@ def calibration_notes(ledger: Ledger) -> list[str]:
         return []
     return [
         f"the site's budget {c['site_budget']:g} (all federations) binds: this federation's "
-        f"noise was raised so that its epsilon ends at {c['planned_epsilon']:.3g}, not "
+        f"noise was raised so that its epsilon ends at "
+        f"{accounting.epsilon_text(c['planned_epsilon'])}, not "
         f"{c['target_epsilon']:g}"
     ]
 
@@ -123,7 +125,8 @@ def check_budget(
     if after > budget * (1 + 1e-9):
         which = "local cap" if budget < settings.target_epsilon else "plan's target"
         raise BudgetExceededError(
-            f"round {round_number} would raise epsilon from {spent:.3g} to {after:.3g}, "
+            f"round {round_number} would raise epsilon from {accounting.epsilon_text(spent)} to "
+            f"{accounting.epsilon_text(after)}, "
             f"over the {which} {budget:g}; nothing was trained",
         )
     site = adopt_site_budget(ledger, settings)
@@ -132,7 +135,8 @@ def check_budget(
     if total_after > site.budget.epsilon * (1 + 1e-9):
         raise BudgetExceededError(
             f"round {round_number} would raise the site's total epsilon (all federations) "
-            f"from {total:.3g} to {total_after:.3g}, over the site's budget "
+            f"from {accounting.epsilon_text(total)} to {accounting.epsilon_text(total_after)}, "
+            "over the site's budget "
             f"{site.budget.epsilon:g}; nothing was trained",
             hint=RAISE_HINT,
             option="set_budget",

@@ -206,7 +206,8 @@ class RoundReplay:
             ]
             now, without = self.ledger.epsilon(), accounting.epsilon(kept, self.ledger.delta)
             lines.append(
-                f"epsilon of this federation is {now:.3f} instead of {without:.3f} "
-                f"(+{now - without:.3f}) because of the epochs counted again"
+                f"epsilon of this federation is {accounting.epsilon_text(now)} instead of "
+                f"{accounting.epsilon_text(without)} (+{accounting.epsilon_text(now - without)}) "
+                "because of the epochs counted again"
             )
         return lines
