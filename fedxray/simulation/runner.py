@@ -81,6 +81,11 @@ class SimulationConfig:
     min_sites: int = option_default("min_sites")
     server_opt: str = option_default("server_opt")
     server_lr: float = option_default("server_lr")
+    privacy_unit: str = option_default("privacy_unit")
+    class_weights: str | None = option_default("class_weights")  # as the option: "1,2,2"
+    augment: bool = option_default("augment")
+    ema: float = option_default("ema")
+    average_last: int = option_default("average_last")
     holdout: float = 0.15
     bootstrap: int = 1000
     workers: int | None = None

@@ -178,6 +178,7 @@ def verify_file(
         details = {
             "coordinator_fingerprint": plan.coordinator.fingerprint,
             "sites": plan.site_names,
+            "settings": plan.settings.flat(),  # what every site trains with
         }
         if fingerprint and fingerprint.lower() != plan.coordinator.fingerprint:
             raise VerificationError(
