@@ -10,10 +10,13 @@ models.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
+
+if TYPE_CHECKING:  # torch only where a site trains: the coordinator's unmask needs numpy alone
+    import torch
+    from torch import nn
 
 EMA, EMA_STEPS = "ema", "ema_steps"  # keys of a parameter's optimiser state
 
@@ -27,6 +30,7 @@ def attach_ema(optimizer: torch.optim.Optimizer, decay: float) -> None:
     """
     if not decay:
         return
+    import torch
 
     def fold(opt, args, kwargs) -> None:
         with torch.no_grad():
