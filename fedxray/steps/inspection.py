@@ -209,7 +209,7 @@ def verify_file(
     details = {"federation": plan.name, "file_sha256": art.digest, "parent": art.header.parent}
     averaged = averaged_rounds(art) if kind == "model" else None
     if averaged is not None:  # a published average: its parent is the model sites train from
-        details["averages_rounds"] = [str(r) for r in averaged]
+        details["averages_rounds"] = averaged
     return Verdict(
         True,
         art.header.kind,
