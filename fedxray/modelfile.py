@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from fedxray.artifact import Artifact, SignedArtifact, build_artifact
+from fedxray.errors import ProtocolRefusal
 from fedxray.keys import PrivateIdentity
 from fedxray.plan import Plan
 from fedxray.verification import check_tensor_layout, load_artifact
@@ -42,3 +43,22 @@ def load_model_artifact(
     )
     check_tensor_layout(art, plan.model_layout(), what)
     return art
+
+
+def averaged_rounds(art: Artifact) -> list[int] | None:
+    """The rounds whose global models a published average holds; None for a global model."""
+    prov = art.header.meta.get("provenance")
+    averaged = prov.get("averaged") if isinstance(prov, dict) else None
+    return list(averaged.get("rounds", [])) if isinstance(averaged, dict) else None
+
+
+def require_iterate(art: Artifact, what: str) -> None:
+    """Sites train from the global model itself, never from a published average (that would
+    average again what the next average holds, and the round's updates would not sum)."""
+    rounds = averaged_rounds(art)
+    if rounds is not None:
+        raise ProtocolRefusal(
+            f"{what} is the published average of rounds {', '.join(map(str, rounds))}, "
+            "for evaluate and predict; the federation trains from the global model itself",
+            hint=f"use round-{art.header.round:04d}.model, not the .averaged.model beside it",
+        )

@@ -8,13 +8,16 @@ which of its options sets it.
 
 To add a setting: add a field with its default to one section below and, when some values
 are impossible, a line to that section's ``check``. Plans written before it load with the
-default; a flat option for it is one more entry in :data:`OPTIONS`.
+default; a flat option for it is one more entry in :data:`OPTIONS`. Declare a setting added
+later with :func:`added_later`: a plan writes it only when it differs from its default, so a
+plan that does not use it stays the same, key for key, and older fedxray still reads it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,6 +30,14 @@ from fedxray.secagg.server import ServerConfig
 
 DEFAULT_CLASSES: tuple[str, ...] = ("normal", "bacterial", "viral")
 LOCAL_OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")  # the sites' optimiser (training.optimizer)
+PRIVACY_UNITS: tuple[str, ...] = ("auto", "patient", "image")  # dp.privacy_unit
+BALANCED = "balanced"  # training.class_weights from each site's own class counts
+MAX_AVERAGE_LAST = 100  # the coordinator keeps this many models in its server state
+
+
+def added_later(default: Any) -> Any:
+    """A setting added after plans were first written: written only when set (see above)."""
+    return field(default=default, metadata={"added_later": True})
 
 
 class SettingError(FedxrayError):
@@ -70,6 +81,8 @@ class _Section:
         out = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
+            if f.metadata.get("added_later") and value == f.default:
+                continue
             if isinstance(value, _Section):
                 value = value.to_dict()
             elif isinstance(value, tuple):
@@ -80,12 +93,26 @@ class _Section:
     def check(self) -> None:
         """Refuse impossible values with one clear line (a SettingError naming the setting)."""
 
+    def flat(self, where: str = "") -> dict[str, Any]:
+        """Every setting by its path (``dp.epsilon``), defaults included: what `verify` shows."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value, path = getattr(self, f.name), f"{where}{f.name}"
+            if isinstance(value, _Section):
+                out.update(value.flat(f"{path}."))
+            else:
+                out[path] = list(value) if isinstance(value, tuple) else value
+        return out
+
 
 _TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "text"}
 
 
 def _typed(value: Any, kind: Any, path: str) -> Any:
-    """``value`` as ``kind`` (bool, int, float, str or tuple[str, ...]); JSON's types only."""
+    """``value`` as ``kind`` (bool, int, float, str, tuple[str, ...], tuple[float, ...] or a
+    union of them with None); JSON's types only."""
+    if isinstance(kind, types.UnionType):
+        return _typed_union(value, typing.get_args(kind), path)
     number = isinstance(value, int | float) and not isinstance(value, bool)
     if kind is float and number and _finite(value):
         return float(value)
@@ -93,13 +120,28 @@ def _typed(value: Any, kind: Any, path: str) -> Any:
         return value
     if kind in (bool, str) and isinstance(value, kind):
         return value
-    names = isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
-    if typing.get_origin(kind) is tuple and names:
-        return tuple(value)
-    name = _TYPE_NAMES.get(kind, "a list of names")
+    items = typing.get_args(kind)[:1]
+    if typing.get_origin(kind) is tuple and isinstance(value, list | tuple):
+        if items == (str,) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        if items == (float,):
+            return tuple(_typed(v, float, path) for v in value)
+    name = _TYPE_NAMES.get(kind, "a list of numbers" if items == (float,) else "a list of names")
     if kind is float and number:
         name = "a finite number"  # nan or inf: JSON's types allow neither, options do
     raise SettingError(path, f"setting {label(path)} must be {name}, got {value!r}")
+
+
+def _typed_union(value: Any, kinds: tuple, path: str) -> Any:
+    if value is None and type(None) in kinds:
+        return None
+    for kind in kinds:
+        if kind is not type(None):
+            try:
+                return _typed(value, kind, path)
+            except SettingError:
+                pass
+    raise SettingError(path, f"setting {label(path)} cannot be {value!r}")
 
 
 def _finite(value: int | float) -> bool:
@@ -136,6 +178,13 @@ class TrainingSettings(_Section):
     lr: float = 0.15
     momentum: float = 0.9
     weight_decay: float = 0.0
+    # Per-class loss weights: one public weight per class, or "balanced" (from each site's
+    # class counts: private, so only without DP); None weighs every image alike.
+    class_weights: tuple[float, ...] | str | None = added_later(None)
+    augment: bool = added_later(True)  # random jitter of the training images
+    # The update a site sends is the exponential moving average of its local iterates (this
+    # decay per step, debiased); 0 sends the last iterate. Post-processing: no privacy cost.
+    ema_decay: float = added_later(0.0)
 
     def check(self) -> None:
         ok = self.rounds >= 1 and self.local_epochs >= 1
@@ -149,6 +198,18 @@ class TrainingSettings(_Section):
         )
         _require(0 <= self.momentum < 1, "training.momentum", "momentum must be in [0, 1)")
         _require(self.weight_decay >= 0, "training.weight_decay", "weight-decay must be >= 0")
+        _require(0 <= self.ema_decay < 1, "training.ema_decay", "ema must be in [0, 1) (0: off)")
+        cw = self.class_weights
+        _require(
+            cw in (None, BALANCED) or not isinstance(cw, str),
+            "training.class_weights",
+            f"class-weights must be one weight per class or {BALANCED!r}, got {cw!r}",
+        )
+        _require(
+            not isinstance(cw, tuple) or all(w > 0 for w in cw),
+            "training.class_weights",
+            "class weights must be positive",
+        )
 
 
 @dataclass(frozen=True)
@@ -158,8 +219,16 @@ class DPSettings(_Section):
     delta: float = 1e-5
     max_grad_norm: float = 1.0
     allow_no_dp: bool = False
+    # What one record of the privacy guarantee is: "auto" is the patient when the shard knows
+    # patients (it does after prep), else the image.
+    privacy_unit: str = added_later("auto")
 
     def check(self) -> None:
+        _require(
+            self.privacy_unit in PRIVACY_UNITS,
+            "dp.privacy_unit",
+            f"privacy-unit must be one of {', '.join(PRIVACY_UNITS)}, got {self.privacy_unit!r}",
+        )
         if not self.enabled:
             return
         _require(0 < self.epsilon <= 100, "dp.epsilon", "epsilon must be in (0, 100]")
@@ -185,6 +254,16 @@ class ServerSettings(_Section):
     optimizer: str = "fedavg"
     lr: float = 1.0
     momentum: float = 0.9
+    # The published model is the mean of the last K global models (1: the last one). Sites
+    # always train from the last global model itself. Post-processing: no privacy cost.
+    average_last: int = added_later(1)
+
+    def check(self) -> None:
+        _require(
+            1 <= self.average_last <= MAX_AVERAGE_LAST,
+            "server.average_last",
+            f"average-last must be 1 to {MAX_AVERAGE_LAST} (1: off)",
+        )
 
 
 @dataclass(frozen=True)
@@ -210,12 +289,13 @@ class FederationSettings(_Section):
         """Refuse impossible values and combinations, cheaply (no model is built): at init,
         and again whenever a plan is loaded. With ``n_sites``, also what depends on the
         federation's size."""
-        for section in (self.model, self.training, self.dp):
+        for section in (self.model, self.training, self.dp, self.server):
             section.check()
         ok = len(self.classes) >= 2 and len(set(self.classes)) == len(self.classes)
         _require(ok, "classes", "at least two distinct class names are needed")
         for c in self.classes:
             check_name(c)
+        self._check_class_weights()
         _require(
             self.min_sites >= 2, "min_sites", "min-sites must be at least 2 (3 is the safe default)"
         )
@@ -230,6 +310,21 @@ class FederationSettings(_Section):
         )
         check_capacity(params, n_sites)
 
+    def _check_class_weights(self) -> None:
+        cw = self.training.class_weights
+        if isinstance(cw, tuple):
+            _require(
+                len(cw) == len(self.classes),
+                "training.class_weights",
+                f"class-weights needs one weight per class ({len(self.classes)}), got {len(cw)}",
+            )
+        _require(
+            cw != BALANCED or not self.dp.enabled,
+            "training.class_weights",
+            "class-weights 'balanced' uses each site's private class counts: not with DP",
+            hint="give one public weight per class, e.g. 1,2,2",
+        )
+
     def secagg_params(self) -> SecaggParams:
         """The secure-aggregation parameters, checked by the secure-aggregation layer."""
         s = self.secagg
@@ -237,7 +332,7 @@ class FederationSettings(_Section):
 
     def server_config(self) -> ServerConfig:
         """The server optimiser's parameters, checked by the secure-aggregation layer."""
-        return ServerConfig.from_settings(self.server.to_dict())
+        return ServerConfig.from_settings(self.server.to_dict())  # it ignores average_last
 
     def warnings(self) -> list[str]:
         """Legal but weaker choices that the coordinator should hear about."""
@@ -249,6 +344,11 @@ class FederationSettings(_Section):
             )
         if not self.dp.enabled or self.dp.allow_no_dp:
             out.append("non-private (no DP) updates are accepted in this federation")
+        if self.dp.enabled and self.dp.privacy_unit == "image":
+            out.append(
+                "privacy unit image: a patient with several images is protected less than "
+                "the epsilon says"
+            )
         return out
 
 
@@ -265,6 +365,11 @@ OPTIONS: dict[str, str] = {
     "delta": "dp.delta",
     "clip_norm": "dp.max_grad_norm",
     "allow_no_dp": "dp.allow_no_dp",
+    "privacy_unit": "dp.privacy_unit",
+    "class_weights": "training.class_weights",
+    "augment": "training.augment",
+    "ema": "training.ema_decay",
+    "average_last": "server.average_last",
     "strict": "secagg.strict",
     "server_opt": "server.optimizer",
     "server_lr": "server.lr",
@@ -293,12 +398,31 @@ def settings_from_options(**options: Any) -> FederationSettings:
             raise TypeError(f"unknown option {option!r}")
         if value is None:
             continue
+        if option == "class_weights" and isinstance(value, str):
+            value = parse_class_weights(value)
         *sections, name = OPTIONS[option].split(".")
         node = tree
         for s in sections:
             node = node.setdefault(s, {})
         node[name] = list(value) if isinstance(value, list | tuple) else value
     return FederationSettings.from_dict(tree)
+
+
+def parse_class_weights(text: str) -> list[float] | str | None:
+    """An option's class weights: ``1,2,2`` (one per class), ``balanced``, or ``none``."""
+    text = text.strip()
+    if text.lower() in ("", "none"):
+        return None
+    if text == BALANCED:
+        return text
+    try:
+        return [float(w) for w in text.split(",")]
+    except ValueError:
+        raise SettingError(
+            "training.class_weights",
+            f"class-weights must be numbers separated by commas, {BALANCED!r} or 'none', "
+            f"got {text!r}",
+        ) from None
 
 
 def make_settings(overrides: Mapping[str, Any] | None = None) -> FederationSettings:

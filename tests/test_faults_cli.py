@@ -108,7 +108,8 @@ def test_a_device_this_machine_lacks_is_refused_first(fault_fed, tmp_path, devic
 
 FLOATS = {  # every float option of the command line, with a command that reaches it
     ("init", "--lr"), ("init", "--epsilon"), ("init", "--delta"), ("init", "--clip-norm"),
-    ("init", "--server-lr"), ("simulate", "--lr"), ("simulate", "--epsilon"),
+    ("init", "--server-lr"), ("init", "--ema"), ("simulate", "--lr"), ("simulate", "--epsilon"),
+    ("simulate", "--ema"),
     ("simulate", "--skew"), ("train-local", "--max-epsilon"), ("predict", "--min-confidence"),
     ("prep", "--holdout"), ("privacy", "--set-budget"), ("privacy", "--budget-delta"),
 }  # fmt: skip

@@ -138,7 +138,12 @@ def verify(
     def render() -> None:
         run.ui.info(f"OK: {v.message}")
         for k, val in v.details.items():
-            run.ui.info(f"  {k}: {', '.join(val) if isinstance(val, list) else val}")
+            if isinstance(val, dict):
+                run.ui.info(f"  {k}:")
+                for name, x in val.items():
+                    run.ui.info(f"    {name}: {_text(x)}")
+            else:
+                run.ui.info(f"  {k}: {_text(val)}")
 
     run.done(v.to_dict(), render)
 

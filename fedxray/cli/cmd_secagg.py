@@ -263,7 +263,9 @@ def unmask(
     coordinator key, and running unmask again for the same round recomputes the same step
     instead of applying it twice. The next model records its provenance: round, contributing
     and dropped sites, and the privacy (epsilon) each site reported. A round that was
-    abandoned cannot be unmasked (exit 5).
+    abandoned cannot be unmasked (exit 5). When the plan averages the last K global models
+    (init --average-last K), it also writes NAME.averaged.model beside the next model: their
+    mean, the model to evaluate and publish; the sites train from the next model itself.
     """
     res = unmask_files(
         run.party,
@@ -287,6 +289,9 @@ def _render_unmask(run: Run, res: UnmaskResult) -> None:
         f"round {res.round - 1} ({optimizer})", rows, ("site", "this round", "epsilon reported")
     )
     _sent_model(run, res.path, res.round)
+    if res.averaged_path is not None:
+        rounds = ", ".join(map(str, res.averaged_rounds or []))
+        ui.info(f"wrote {shown(res.averaged_path)}: the published average of rounds {rounds}")
 
 
 def _sent_model(run: Run, path: Path | None, r: int) -> None:

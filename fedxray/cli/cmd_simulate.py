@@ -19,7 +19,7 @@ from fedxray.training.accounting import epsilon_text
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(SimulationConfig)}
 SIMULATE_OPTIONS = (
     "rounds", "local_epochs", "strict", "model", "image_size", "batch_size", "lr", "epsilon",
-    "min_sites", "server_opt",
+    "min_sites", "server_opt", "privacy_unit", "class_weights", "augment", "ema", "average_last",
 )  # fmt: skip
 
 EXAMPLES = {

@@ -191,10 +191,15 @@ PLAN_OPTIONS = {
     "delta": "Privacy delta.",
     "clip_norm": "DP-SGD per-example clipping norm.",
     "allow_no_dp": "Accept non-private (--no-dp) updates.",
+    "privacy_unit": "What DP protects: auto (the patient when known), patient or image.",
+    "class_weights": "Per-class loss weights, e.g. 1,2,2 (none: all alike; balanced: no DP).",
+    "augment": "Random jitter of the training images.",
+    "ema": "Sites send the moving average of their iterates, this decay per step (0: off).",
     "min_sites": "Fewest sites per round.",
     "strict": "Double masking: a second small trip each round.",
     "server_opt": "fedavg, momentum or fedadam.",
     "server_lr": "Server learning rate.",
+    "average_last": "Publish the mean of the last K global models (1: off).",
 }
 
 PLAN_HINT = "pass --plan FILE or set FEDXRAY_PLAN"
@@ -287,7 +292,10 @@ def _option(name: str, annotation: Any, default: Any) -> inspect.Parameter:
 def _plan_option(name: str, help: str, default: Any) -> inspect.Parameter:
     """The option of a plan setting: flag from its name, type from its default."""
     flag = "--" + name.replace("_", "-")
-    return _option(name, Annotated[type(default), typer.Option(flag, help=help)], default)
+    kind = str | None if default is None else type(default)  # None: a text option, unset
+    if default is True:  # on by default: the option turns it off
+        flag = f"{flag}/--no-{flag[2:]}"
+    return _option(name, Annotated[kind, typer.Option(flag, help=help)], default)
 
 
 def command(

@@ -22,7 +22,7 @@ from fedxray.data.shard import Shard
 from fedxray.data.shard_io import read_shard, write_shard
 from fedxray.data.split import holdout_split
 from fedxray.errors import FedxrayError
-from fedxray.filenames import round_file
+from fedxray.filenames import averaged_file, round_file
 from fedxray.fsio import Undo, make_folder, read_input, write_atomic
 from fedxray.plan import Plan, load_plan
 from fedxray.settings import (
@@ -81,6 +81,11 @@ class SimulationConfig:
     min_sites: int = option_default("min_sites")
     server_opt: str = option_default("server_opt")
     server_lr: float = option_default("server_lr")
+    privacy_unit: str = option_default("privacy_unit")
+    class_weights: str | None = option_default("class_weights")  # as the option: "1,2,2"
+    augment: bool = option_default("augment")
+    ema: float = option_default("ema")
+    average_last: int = option_default("average_last")
     holdout: float = 0.15
     bootstrap: int = 1000
     workers: int | None = None
@@ -246,10 +251,12 @@ class Simulation:
             if masked is not None:
                 masked_files.append(self.courier.carry(masked, self.coord_dir, r))
             self.emit("site-round", {"round": r, "site": name, **site_info[name]})
-        next_path = self._coordinator_round(r, masked_files, dropped, seconds)
+        next_path, published = self._coordinator_round(r, masked_files, dropped, seconds)
         for name in self.site_names:
             self.courier.carry(next_path, self._site_dir(name), r + 1)
-        metrics = self.evaluate(self.courier.carry(next_path, self.eval_dir, r + 1), n_boot=0)
+            if published != next_path:  # the model they would predict with
+                self.courier.carry(published, self._site_dir(name), r + 1)
+        metrics = self.evaluate(self.courier.carry(published, self.eval_dir, r + 1), n_boot=0)
         rec = RoundRecord(
             r,
             site_info,
@@ -302,8 +309,9 @@ class Simulation:
 
     def _coordinator_round(
         self, r: int, masked_files: list[Path], dropped: list[str], seconds: dict[str, float]
-    ) -> Path:
-        """Sum, collect the reveals if a closure is needed, unmask; the next model's path."""
+    ) -> tuple[Path, Path]:
+        """Sum, collect the reveals if a closure is needed, unmask; the next model's path and
+        the published model's (the average of the last K global models, or the same)."""
         plan = load_plan(self.plan_path)
         coord_key = keys.load_private_key(self.coord_dir / "coordinator.key")
         t0 = time.perf_counter()
@@ -335,8 +343,12 @@ class Simulation:
         )
         seconds["unmask"] += time.perf_counter() - t0
         next_path = self.coord_dir / round_file("model", r + 1)
+        published = next_path
+        if nxt.averaged is not None:
+            published = next_path.with_name(averaged_file(next_path.name))
+            write_atomic(published, nxt.averaged)
         write_atomic(next_path, nxt.model)
-        return next_path
+        return next_path, published
 
     # --- evaluation --------------------------------------------------------------------------
     def evaluate(self, model_path: Path, n_boot: int) -> dict:
@@ -364,7 +376,7 @@ class Simulation:
         self.courier.carry(self.plan_path, self.eval_dir)
         for r in range(1, self.cfg.rounds + 1):
             self.run_round(r)
-        final_model = self.eval_dir / INBOX / round_file("model", self.cfg.rounds + 1)
+        final_model = self.eval_dir / INBOX / self._final_model_name()
         final = self.evaluate(final_model, n_boot=self.cfg.bootstrap)
         summary = {
             "run_folder": str(self.root),
@@ -379,6 +391,11 @@ class Simulation:
         write_atomic(self.root / "report.json", (json.dumps(summary, indent=1) + "\n").encode())
         return summary
 
+    def _final_model_name(self) -> str:
+        """The published final model: the last global model, or the average of the last K."""
+        name = round_file("model", self.cfg.rounds + 1)
+        return averaged_file(name) if self.cfg.average_last > 1 else name
+
     def _canary_audit(self) -> dict:
         """The canary site audits the final model it received, against its own ledger."""
         from fedxray.simulation.canaries import audit_site
@@ -386,7 +403,7 @@ class Simulation:
         name = self.site_names[0]
         folder = self._site_dir(name)
         inbox = folder / INBOX
-        final = inbox / round_file("model", self.cfg.rounds + 1)
+        final = inbox / self._final_model_name()
         doc = audit_site(
             folder, name, final, inbox / self.plan_path.name, folder / f"{name}.ledger",
             self.cfg.device,

@@ -11,7 +11,7 @@ from fedxray.errors import FedxrayError, ProtocolRefusal, VerificationError
 from fedxray.filenames import round_file
 from fedxray.fsio import input_name, read_input, write_atomic
 from fedxray.keys import PrivateIdentity
-from fedxray.modelfile import build_model_artifact, load_model_artifact
+from fedxray.modelfile import build_model_artifact, load_model_artifact, require_iterate
 from fedxray.plan import Plan
 from fedxray.secagg.records import CoordinatorRound, RoundStatus, now
 from fedxray.steps.protocol_state import coordinator_state
@@ -50,6 +50,7 @@ def abandon_round(
     """
     plan.require_coordinator(coordinator_key)
     model = load_model_artifact(global_model_bytes, plan, what=what)
+    require_iterate(model, what)
     r = model.header.round
     with coordinator_state(state_dir, coordinator_key.name, plan.federation_id) as st:
         rec = st.get(r) or CoordinatorRound()

@@ -15,7 +15,7 @@ from fedxray.data.shard_io import is_shard, shard_from_bytes
 from fedxray.errors import FedxrayError, VerificationError
 from fedxray.fsio import input_name
 from fedxray.keys import KEY_FORMAT, PrivateIdentity, key_file_error
-from fedxray.modelfile import load_model_artifact
+from fedxray.modelfile import averaged_rounds, load_model_artifact
 from fedxray.plan import plan_from_bytes
 from fedxray.training.ledger import FORMAT as LEDGER_FORMAT
 from fedxray.verification import load_artifact
@@ -178,6 +178,7 @@ def verify_file(
         details = {
             "coordinator_fingerprint": plan.coordinator.fingerprint,
             "sites": plan.site_names,
+            "settings": plan.settings.flat(),  # what every site trains with
         }
         if fingerprint and fingerprint.lower() != plan.coordinator.fingerprint:
             raise VerificationError(
@@ -205,11 +206,15 @@ def verify_file(
         )
     if sender is not None and art.header.sender != sender:
         raise VerificationError(f"{what} was sent by {art.header.sender!r}, expected {sender!r}")
+    details = {"federation": plan.name, "file_sha256": art.digest, "parent": art.header.parent}
+    averaged = averaged_rounds(art) if kind == "model" else None
+    if averaged is not None:  # a published average: its parent is the model sites train from
+        details["averages_rounds"] = averaged
     return Verdict(
         True,
         art.header.kind,
         art.header.sender,
         art.header.round,
         f"valid {art.header.kind} from {art.header.sender}, round {art.header.round}",
-        {"federation": plan.name, "file_sha256": art.digest, "parent": art.header.parent},
+        details,
     )

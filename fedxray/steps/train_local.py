@@ -14,7 +14,7 @@ from fedxray.errors import FedxrayError, ProtocolRefusal
 from fedxray.filenames import round_file
 from fedxray.fsio import check_writable, input_name, read_input, write_atomic
 from fedxray.keys import PrivateIdentity
-from fedxray.modelfile import load_model_artifact
+from fedxray.modelfile import load_model_artifact, require_iterate
 from fedxray.plan import Plan
 from fedxray.steps.shared import Party
 from fedxray.steps.site_memory import SiteFiles, check_ledger, remember
@@ -90,6 +90,7 @@ def train_local(
     """
     plan.require_site(key)
     model = load_model_artifact(model_bytes, plan, what=what)
+    require_iterate(model, what)
     r = model.header.round
     rounds = plan.settings.training.rounds
     if not 1 <= r <= rounds:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from fedxray.artifact import Artifact, peek_header
 from fedxray.errors import FedxrayError, ProtocolRefusal, VerificationError
-from fedxray.filenames import round_file
-from fedxray.fsio import input_name, is_stdio, read_input, write_atomic
+from fedxray.filenames import averaged_file, round_file
+from fedxray.fsio import Undo, input_name, is_stdio, read_input, write_atomic
 from fedxray.keys import PrivateIdentity
 from fedxray.modelfile import build_model_artifact, load_model_artifact
 from fedxray.plan import Plan
@@ -18,7 +18,13 @@ from fedxray.secagg.records import CoordinatorRound, RoundStatus, now
 from fedxray.secagg.rounds import Cohort, Revealed, read_cohort, read_seed, unmasked_mean
 from fedxray.secagg.server import ServerConfig, server_step
 from fedxray.steps.protocol_state import coordinator_state
-from fedxray.steps.server_state import load_server_state, save_server_state, server_state_path
+from fedxray.steps.server_state import (
+    WindowModel,
+    load_server_round,
+    next_window,
+    save_server_state,
+    server_state_path,
+)
 from fedxray.steps.shared import (
     Input,
     Party,
@@ -30,6 +36,7 @@ from fedxray.steps.shared import (
     plan_layout,
     plan_params,
 )
+from fedxray.training.averaging import mean_state
 from fedxray.verification import check_tensor_layout, load_artifact
 
 
@@ -39,9 +46,17 @@ class UnmaskResult:
     round: int  # the next round, which trains from this model
     provenance: dict  # as recorded in the model: sites, dropped, epsilon reported, server
     path: Path | None = None
+    # With the plan's average-last K > 1: the published model (the mean of the last K global
+    # models, signed like them) and the rounds it averages.
+    averaged: bytes | None = None
+    averaged_rounds: list[int] | None = None
+    averaged_path: Path | None = None
 
     def to_dict(self) -> dict:
-        return {"model": str(self.path), **fields_of(self, "path")}
+        doc = {"model": str(self.path), **fields_of(self, "path", "averaged_path")}
+        if self.averaged is not None:
+            doc["averaged_model"] = str(self.averaged_path)
+        return doc
 
     @property
     def sites(self) -> list[str]:
@@ -105,7 +120,9 @@ def unmask(
         revealed = _collect_reveals(reveals, plan, r, cohort, closure_id)
         delta = unmasked_mean(total, revealed, layout, params, cohort.survivors)
         state_file = Path(server_state_file) if server_state_file is not None else None
-        before = load_server_state(state_file, plan, cfg, r, model.digest, fresh_server_state)
+        before, window = load_server_round(
+            state_file, plan, cfg, r, model.digest, fresh_server_state
+        )
         weights, after = server_step(model.tensors, delta, before, cfg)
         provenance = _provenance(total, model, cohort, cfg)
         nxt = build_model_artifact(
@@ -116,11 +133,43 @@ def unmask(
             provenance=provenance,
             signer=coordinator_key,
         )
+        k = plan.settings.server.average_last
+        published = None
+        if k > 1:
+            window = next_window(window, model.tensors, WindowModel(r + 1, nxt.digest, weights), k)
+            published = _published(plan, window, nxt.digest, coordinator_key)
         if state_file is not None:
-            save_server_state(state_file, plan, cfg, r, model.digest, before, after)
+            save_server_state(
+                state_file, plan, cfg, r, model.digest, before, after, window if k > 1 else ()
+            )
         if st is not None:
             st.put(r, replace(rec or CoordinatorRound(), unmasked=nxt.digest, unmasked_at=now()))
-    return UnmaskResult(nxt.data, r + 1, provenance)
+    if published is None:
+        return UnmaskResult(nxt.data, r + 1, provenance)
+    return UnmaskResult(
+        nxt.data, r + 1, provenance, averaged=published, averaged_rounds=[m.round for m in window]
+    )
+
+
+def _published(plan: Plan, window, iterate: str, signer: PrivateIdentity) -> bytes:
+    """The published model: the mean of the window's models, a round r + 1 model whose parent
+    is the model the sites train from; its provenance says that it is an average (train-local
+    and abandon refuse it)."""
+    return build_model_artifact(
+        plan,
+        round_number=window[-1].round,
+        weights=mean_state([m.tensors for m in window]),
+        parent=iterate,
+        provenance={
+            "round": window[-1].round - 1,
+            "averaged": {
+                "rounds": [m.round for m in window],
+                "models": [m.digest for m in window],
+            },
+            "iterate": iterate,
+        },
+        signer=signer,
+    ).data
 
 
 def _provenance(total: Artifact, model: Artifact, cohort: Cohort, cfg: ServerConfig) -> dict:
@@ -202,6 +251,11 @@ def unmask_files(
     model_path = model or beside(total, round_file("model", r), Path("."))
     out = output or beside(total, round_file("model", r + 1), Path("."))
     check_output(out, force, model_path, f"the next model would replace round {r}'s model: {out}")
+    published = None
+    if me.plan.settings.server.average_last > 1:
+        anchor = beside(total, round_file("model", r + 1), Path(".")) if is_stdio(out) else out
+        published = anchor.with_name(averaged_file(anchor.name))
+        check_output(published, force, model_path, f"the average would replace {model_path}")
     result = unmask(
         sum_bytes,
         list(reveals),
@@ -213,5 +267,8 @@ def unmask_files(
         state_dir=me.state_dir,
         names=(input_name(total), input_name(model_path)),
     )
-    write_atomic(out, result.model, force=force)
-    return replace(result, path=out)
+    with Undo() as undo:  # the average first: no model the sites get goes without it
+        if published is not None:
+            write_atomic(undo.file(published), result.averaged, force=force)
+        write_atomic(out, result.model, force=force)
+    return replace(result, path=out, averaged_path=published)

@@ -26,6 +26,7 @@ from fedxray.errors import FedxrayError, ProtocolRefusal
 from fedxray.models.registry import build_model, get_spec, load_numpy_state, state_to_numpy
 from fedxray.training import budget, checkpoint, replay
 from fedxray.training.augment import augment
+from fedxray.training.averaging import attach_ema, averaged_state
 from fedxray.training.dp_engine import DPEngine, NoiseGenerator, PrivateOptimizer
 from fedxray.training.ledger import DONE, Ledger, SiteLedger, ledger_lock
 from fedxray.training.sampling import plan_sampling
@@ -93,6 +94,7 @@ def train_round(
         load_numpy_state(model, global_state)
         model.to(dev)
         optimizer = _optimizer(model, settings)
+        attach_ema(optimizer, settings.ema_decay)  # kept in the optimiser's state: resumable
         inputs = {
             "global_sha256": checkpoint.state_hash(global_state),
             "settings_sha256": settings.fingerprint(),
@@ -143,6 +145,8 @@ def train_round(
         rounds.finish()
         eps = ledger.epsilon()
 
+    if settings.ema_decay:  # the update is the average of the iterates: post-processing
+        model.load_state_dict(averaged_state(model, optimizer))
     trained = state_to_numpy(model)
     delta = {k: (trained[k] - np.asarray(global_state[k], np.float32)) for k in trained}
     return RoundResult(

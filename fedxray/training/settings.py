@@ -38,6 +38,7 @@ class TrainSettings:
     # counts: a non-private statistic, so only allowed for --no-dp baselines).
     class_weights: tuple[float, ...] | str | None = None
     augment: bool = True
+    ema_decay: float = 0.0  # the update is the EMA of the local iterates (0: the last one)
     physical_batch_size: int = 64  # memory bound only: does not change the maths
 
     def __post_init__(self):
@@ -70,6 +71,8 @@ class TrainSettings:
             raise bad(f"optimizer must be one of {', '.join(OPTIMIZERS)}")
         if self.local_epsilon_cap is not None and not self.local_epsilon_cap > 0:
             raise bad("local epsilon cap must be positive")
+        if not 0 <= self.ema_decay < 1:
+            raise bad("ema_decay must be in [0, 1)")
         if self.privacy_unit not in ("auto", "patient", "image"):
             raise bad("privacy unit must be auto, patient or image")
         cw = self.class_weights
@@ -125,4 +128,6 @@ class TrainSettings:
         """Hash of every setting that changes the training computation."""
         d = self.to_dict()
         d.pop("physical_batch_size")  # memory only
+        if not d["ema_decay"]:
+            d.pop("ema_decay")  # off: the same fingerprint as before the setting existed
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
