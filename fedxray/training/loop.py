@@ -20,12 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedxray import distributed
 from fedxray.data.shard import Shard
 from fedxray.devices import resolve_device
 from fedxray.errors import FedxrayError, ProtocolRefusal
 from fedxray.models.registry import build_model, get_spec, load_numpy_state, state_to_numpy
-from fedxray.training import budget, checkpoint, replay
-from fedxray.training.augment import augment
+from fedxray.training import budget, checkpoint, ranks, replay
+from fedxray.training.augment import augment, skip_augment
 from fedxray.training.dp_engine import DPEngine, NoiseGenerator, PrivateOptimizer
 from fedxray.training.ledger import DONE, Ledger, SiteLedger, ledger_lock
 from fedxray.training.sampling import plan_sampling
@@ -284,6 +285,11 @@ class _Batches:
         x = self.view(self.shard.images[idx], self.device, jitter)
         return x, self.labels[idx].to(self.device)
 
+    def skip(self, count: int) -> None:
+        """Advance the augmentation past ``count`` images that another rank augments."""
+        if self.generator is not None:
+            skip_augment(self.generator, count)
+
     def forward(self, model, x):
         if self.autocast:  # mixed precision on GPU only
             with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -305,18 +311,25 @@ class _Epochs:
     def __init__(self, model, optimizer, shard, settings, sampling, sigma, weights, device):
         self.model, self.shard, self.settings, self.sampling = model, shard, settings, sampling
         self.weights, self.device, self.dp = weights, device, sigma is not None
-        self.optimizer = optimizer
+        self.optimizer = self.inner = optimizer
         if self.dp:
             self.optimizer = PrivateOptimizer(
                 optimizer,
                 DPEngine(model, settings.max_grad_norm),
                 noise_multiplier=sigma,
                 expected_batch_size=sampling.expected_batch_size,
+                # Several ranks (torchrun): the clipped sums are added up before the noise.
+                all_reduce=distributed.all_reduce_sum,
             )
+        ranks.lead_start(settings, sigma)
 
     def run(self, seed: str, step_done: Callable[[int], None]) -> float:
         """Train one epoch; its mean loss. Sampling, augmentation and noise come from the
         epoch's recorded ``seed`` (replay.epoch_streams)."""
+        with ranks.lead_epoch(seed, self.model, self.inner):
+            return self._run(seed, step_done)
+
+    def _run(self, seed: str, step_done: Callable[[int], None]) -> float:
         rng, s_aug, s_noise = replay.epoch_streams(seed)
         jitter = torch.Generator().manual_seed(s_aug) if self.settings.augment else None
         batches = _Batches(self.shard, self.device, jitter, self.settings)
@@ -336,6 +349,7 @@ class _Epochs:
         )  # fmt: skip
 
     def close(self) -> None:
+        ranks.lead_done()
         if self.dp:
             self.optimizer.engine.detach()
 
@@ -346,8 +360,10 @@ def _dp_epoch(
     """Poisson-sampled private steps; the batch is processed ``physical`` examples at a time."""
     total, count = 0.0, 0
     for i in range(steps):
-        idx = sampler.sample(rng, q)
+        # Sorted, so that 1 or N ranks (each its contiguous share) augment alike.
+        idx, before, after = ranks.share_step(np.sort(sampler.sample(rng, q)))
         optimizer.zero_grad()
+        batches.skip(before)
         for start in range(0, len(idx), physical):
             x, y = batches(idx[start : start + physical])
             losses = optimizer.backward(
@@ -355,8 +371,10 @@ def _dp_epoch(
             )
             total += float(losses.sum())
             count += len(y)
+        batches.skip(after)
         optimizer.step()
         step_done(i + 1)
+    total, count = distributed.sum_floats(total, count)
     return total / max(count, 1)
 
 
