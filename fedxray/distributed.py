@@ -239,14 +239,20 @@ def launch(argv: Sequence[str], nproc: int) -> int:
 def failure_code(failures: dict, nproc: int) -> int:
     """The exit code of a run in which some ranks failed: rank 0's own when it stopped with a
     fedxray error (it has said why; the launcher then stops the others); else WorkerLost
-    naming the rank that stopped first (not one the launcher stopped with SIGTERM)."""
+    naming the process that stopped first: one killed by a signal, else one that failed on
+    its own, rather than one that only lost a peer (6) or that the launcher stopped (SIGTERM)."""
     codes = {f.local_rank: f.exitcode for f in failures.values()}
     lead = codes.get(0)
     if lead is not None and 0 < lead < EXIT_WORKER:
         return lead
-    others = sorted((r, c) for r, c in codes.items() if r != 0)
-    first = [rc for rc in others if rc[1] != -signal.SIGTERM] or others or [(0, lead)]
-    rank, code = first[0]
+
+    def blame(item: tuple[int, int]) -> tuple[int, int]:
+        rank, code = item
+        if code < 0 and code != -signal.SIGTERM:
+            return 0, rank
+        return (1 if code not in (EXIT_WORKER, -signal.SIGTERM) else 2), rank
+
+    rank, code = min(codes.items(), key=blame)
     raise WorkerLost(f"process {rank} of {nproc} {_how(code)}; the run stopped on every process",
                      hint=RESUME_HINT)  # fmt: skip
 

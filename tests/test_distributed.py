@@ -203,3 +203,31 @@ def test_evaluate_and_predict_in_two_processes_match_one(fed):
     assert len(rows) == len(images) + 1  # the header, then the images in their order
     assert (site / "two.csv").read_text().splitlines() == rows
     assert (d / "eval-writes.rank1").read_text() == ""  # rank 1 wrote nothing
+
+
+def test_share_splits_whole_items_in_order():
+    from fedxray.distributed import World
+
+    for count in (0, 1, 5, 8):
+        parts = [World(rank, 3).share(count) for rank in range(3)]
+        assert [i for p in parts for i in range(count)[p]] == list(range(count))
+        assert max(p.stop - p.start for p in parts) - min(p.stop - p.start for p in parts) <= 1
+
+
+def test_the_launcher_blames_the_process_that_stopped_first():
+    from types import SimpleNamespace as F
+
+    from fedxray.distributed import WorkerLost, failure_code
+
+    def fail(**codes):
+        return {i: F(local_rank=int(r[1:]), exitcode=c) for i, (r, c) in enumerate(codes.items())}
+
+    assert failure_code(fail(r0=EXIT_BUDGET, r1=-signal.SIGTERM), 2) == EXIT_BUDGET
+    for codes, words in [
+        (fail(r0=EXIT_WORKER, r1=-signal.SIGKILL), "process 1 of 2 was killed (SIGKILL)"),
+        (fail(r0=-signal.SIGKILL, r1=EXIT_WORKER), "process 0 of 2 was killed (SIGKILL)"),
+        (fail(r0=-signal.SIGTERM, r2=1, r1=EXIT_WORKER), "process 2 of 3 failed (exit code 1)"),
+    ]:
+        with pytest.raises(WorkerLost) as e:
+            failure_code(codes, len(codes))
+        assert e.value.message.startswith(words) and e.value.exit_code == EXIT_WORKER
