@@ -388,6 +388,7 @@ def train_threads(root: Path, keys: Path, names: list[str], args) -> list[dict]:
                     key,
                     "--ledger",
                     ledger,
+                    "--new-ledger",  # a fresh ledger per run, knowingly
                     "-o",
                     root / f"{tag}.update",
                     "--seed",

@@ -231,3 +231,10 @@ def test_the_launcher_blames_the_process_that_stopped_first():
         with pytest.raises(WorkerLost) as e:
             failure_code(codes, len(codes))
         assert e.value.message.startswith(words) and e.value.exit_code == EXIT_WORKER
+
+
+def test_no_dp_is_refused_with_several_processes(fed):
+    site = _site(fed, "nodp")
+    r = run_cli(*_train_args(fed, site, "--nproc", "2", "--no-dp"))
+    assert r.code == 1 and "one process" in r.err and "--nproc 1" in r.err, r.err
+    assert _listing(site) == ["hosp-a.key"]

@@ -19,6 +19,7 @@ from fedxray.cli.common import (
     output_option,
     relaunch,
 )
+from fedxray.errors import FedxrayError
 from fedxray.plan import load_plan
 from fedxray.steps.privacy import PrivacyReport, privacy_report
 
@@ -107,6 +108,8 @@ def train_local(
     """
     from fedxray.steps.train_local import SEED_WARNING, train_file
 
+    if no_dp and nproc > 1:
+        raise FedxrayError("training without DP runs in one process", option="nproc", value=1)
     relaunch(nproc)
     notes = [SEED_WARNING] if seed is not None else []
     for note in notes:

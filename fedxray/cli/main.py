@@ -15,6 +15,7 @@ import typer
 from fedxray import __version__
 from fedxray.cli import commands, common
 from fedxray.cli.common import hint
+from fedxray.distributed import is_follower
 from fedxray.errors import EXIT_ERROR, EXIT_INTERRUPTED, FedxrayError
 from fedxray.fsio import NO_SPACE, output_error
 
@@ -114,6 +115,8 @@ def main(argv: list[str] | None = None) -> None:
     except FedxrayError as e:
         if debug:
             traceback.print_exc()
+        if is_follower():  # rank 0 of a torchrun job speaks for every process
+            sys.exit(e.exit_code)
         _fail(e.message, hint(e), e.exit_code, json_mode)
     except KeyboardInterrupt:
         print(INTERRUPTED, file=sys.stderr)
