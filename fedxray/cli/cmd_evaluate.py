@@ -22,6 +22,7 @@ from fedxray.cli.common import (
     relaunch,
 )
 from fedxray.cli.render import StageBar, render_report
+from fedxray.distributed import is_follower
 from fedxray.errors import FedxrayError
 from fedxray.evaluation.confidence import MIN_CONFIDENCE
 from fedxray.fsio import check_writable, is_stdio, write_atomic
@@ -213,7 +214,6 @@ def predict(
     the reason code in error; the exit status is 0 as long as at least one image was
     classified. Nothing from DICOM headers is written to the output.
     """
-    from fedxray.distributed import is_follower
     from fedxray.steps.model import load_model
     from fedxray.steps.predict import format_predictions, predict_files, scan_inputs
 

@@ -31,7 +31,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 from rich.table import Table
 
 from fedxray.devices import check_device_name, resolve_device
-from fedxray.distributed import is_follower
+from fedxray.distributed import is_follower, launch
 from fedxray.errors import EXIT_BROKEN_PIPE, FedxrayError
 from fedxray.fsio import is_stdio
 from fedxray.settings import option_default
@@ -177,8 +177,8 @@ def relaunch(nproc: int) -> None:
     exit with its exit code; returns when one process is asked for."""
     if nproc <= 1:
         return
-    from fedxray.distributed import launch
-
+    if not COMMAND_LINE:
+        raise FedxrayError("--nproc needs the fedxray command line (fedxray.cli.main)")
     argv, skip = [], False
     for arg in COMMAND_LINE:
         if skip or arg == "--nproc" or arg.startswith("--nproc="):

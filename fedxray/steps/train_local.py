@@ -20,6 +20,7 @@ from fedxray.plan import Plan
 from fedxray.steps.shared import Party
 from fedxray.steps.site_memory import SiteFiles, check_ledger, remember
 from fedxray.training import ranks
+from fedxray.training.follow import follow_round
 from fedxray.training.ledger import SiteLedger
 from fedxray.training.loop import Progress, RoundResult, train_round
 from fedxray.training.settings import TrainSettings
@@ -175,7 +176,7 @@ def train_file(
             raise FedxrayError("training without DP runs in one process", option="nproc", value=1)
         options["device"] = str(world.device)
         if not world.leader:
-            ranks.follow_round(read_shard(shard), world.device)
+            follow_round(read_shard(shard), world.device)
             return None
     ranks.reset()
     try:

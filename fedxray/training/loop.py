@@ -360,18 +360,21 @@ def _dp_epoch(
     """Poisson-sampled private steps; the batch is processed ``physical`` examples at a time."""
     total, count = 0.0, 0
     for i in range(steps):
-        # Sorted, so that 1 or N ranks (each its contiguous share) augment alike.
-        idx, before, after = ranks.share_step(np.sort(sampler.sample(rng, q)))
+        idx = sampler.sample(rng, q)
         optimizer.zero_grad()
-        batches.skip(before)
         for start in range(0, len(idx), physical):
-            x, y = batches(idx[start : start + physical])
-            losses = optimizer.backward(
-                lambda x=x, y=y: _losses(batches.forward(model, x), y, weights)
-            )
-            total += float(losses.sum())
-            count += len(y)
-        batches.skip(after)
+            # Under torchrun each rank takes its share of the batch, and skips the others'
+            # augmentation draws: the same images and jitter as in one process.
+            mine, before, after = ranks.share_step(np.sort(idx[start : start + physical]))
+            batches.skip(before)
+            if len(mine):
+                x, y = batches(mine)
+                losses = optimizer.backward(
+                    lambda x=x, y=y: _losses(batches.forward(model, x), y, weights)
+                )
+                total += float(losses.sum())
+                count += len(y)
+            batches.skip(after)
         optimizer.step()
         step_done(i + 1)
     total, count = distributed.sum_floats(total, count)

@@ -2,16 +2,19 @@
 
 Rank 0 runs :func:`fedxray.training.loop.train_round` as a single process would: it alone
 reads and writes the ledger and the checkpoints, and it decides each epoch (its recorded
-seed, the state it starts from). It tells the other ranks, which :func:`follow_round`:
+seed, the state it starts from). It tells the other ranks:
 
 * ``start``: the settings and the noise multiplier (or ``abort`` when nothing will train);
 * ``epoch``: the epoch's seed and the training state (model and optimiser) to start from;
 * ``done``: the round is over.
 
+The other ranks' side is :func:`fedxray.training.follow.follow_round`.
+
 Within an epoch every rank draws the same Poisson sample from the same seed, takes its
-contiguous share of the sampled privacy units (:func:`share_step`), clips its units'
-gradients, and the clipped sums are all-reduced before the one noise draw, which every rank
-makes identically from the epoch's noise seed: the same step as in one process.
+contiguous share of each physical batch of sampled privacy units (:func:`share_step`),
+clips its units' gradients, and the clipped sums are all-reduced before the one noise
+draw, which every rank makes identically from the epoch's noise seed: the same step as in
+one process.
 """
 
 from __future__ import annotations
@@ -72,33 +75,9 @@ def _cpu(tensors: dict) -> dict:
 
 
 def share_step(idx: np.ndarray) -> tuple[np.ndarray, int, int]:
-    """This rank's share of one step's sample ``idx`` (one entry per sampled privacy unit,
+    """This rank's share of a batch ``idx`` of a step (one entry per sampled privacy unit,
     so a unit is never split): (its entries, how many come before it, how many after).
     The counts let a rank advance the augmentation stream past the others' draws."""
     world = distributed.world()
     part = world.share(len(idx))
     return idx[part], part.start, len(idx) - part.stop
-
-
-def follow_round(shard, device) -> None:
-    """A rank other than 0: train with rank 0, epoch by epoch, until it says done."""
-    from fedxray.models.registry import build_model
-    from fedxray.training import loop
-    from fedxray.training.sampling import plan_sampling
-
-    message = distributed.broadcast()
-    if message["kind"] != "start":
-        return
-    settings, sigma = message["settings"], message["sigma"]
-    dp = sigma is not None
-    model = build_model(settings.arch, settings.image_size, len(settings.classes)).to(device)
-    optimizer = loop._optimizer(model, settings)
-    sampling = plan_sampling(shard, settings, dp)
-    weights = loop._class_weights(settings, shard, dp)
-    runner = loop._Epochs(model, optimizer, shard, settings, sampling, sigma, weights, device)
-    try:
-        while (message := distributed.broadcast())["kind"] == "epoch":
-            checkpoint.load_training_state(message["state"], model, optimizer)
-            runner.run(message["seed"], lambda i: None)
-    finally:
-        runner.close()
