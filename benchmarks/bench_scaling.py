@@ -1,4 +1,5 @@
-"""How the coordinator scales with the number of sites, and train-local at 1 vs 2 threads.
+"""How the coordinator scales with the number of sites, and train-local at 1 vs 2 threads
+and 1 vs 2 processes (--nproc: torch.distributed, gloo).
 
     # full (ResNet-18, 10/50/100 sites, 50 with 10% dropped; ~9 GB of masked files, ~10 min)
     nice -n 10 .venv/bin/python benchmarks/bench_scaling.py --json scaling.json
@@ -6,6 +7,8 @@
     nice -n 10 .venv/bin/python benchmarks/bench_scaling.py --arch tinycnn --no-train
     # train-local only: smallcnn (init's default) at 1 and 2 torch threads
     nice -n 10 .venv/bin/python benchmarks/bench_scaling.py --sites '' --train-reps 3
+    # train-local in 1 and 2 processes (1 thread each)
+    nice -n 10 .venv/bin/python benchmarks/bench_scaling.py --sites '' --train-configs 1x1,1x2
 
 Everything goes through the `fedxray` command line, as a coordinator and its sites run it:
 
@@ -67,8 +70,10 @@ def _stats():
             k, v = line.split(":")
             io[k] = int(v)
     ru = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)  # --nproc's processes
     with open(os.environ["FEDXRAY_BENCH_STATS"], "w") as f:
-        json.dump({"maxrss": ru.ru_maxrss * 1024, "cpu": ru.ru_utime + ru.ru_stime,
+        json.dump({"maxrss": max(ru.ru_maxrss, kids.ru_maxrss) * 1024,
+                   "cpu": ru.ru_utime + ru.ru_stime + kids.ru_utime + kids.ru_stime,
                    "rchar": io["rchar"], "read_bytes": io["read_bytes"],
                    "wchar": io["wchar"]}, f)
 atexit.register(_stats)
@@ -342,7 +347,8 @@ def dropouts(fed: Path, keys: Path, sites: list[str], common: list[str], args) -
 
 
 def train_threads(root: Path, keys: Path, names: list[str], args) -> list[dict]:
-    """Cold `fedxray train-local` on sample_data/hospital-a, alternating 1 and 2 threads."""
+    """Cold `fedxray train-local` on sample_data/hospital-a, alternating the configurations
+    (torch threads x processes)."""
     arch = args.train_arch
     coord = root / "train-coord"
     init = ["init", *[keys / f"{s}.pub" for s in names[:3]], "--name", "threads", "-o", coord]
@@ -363,8 +369,8 @@ def train_threads(root: Path, keys: Path, names: list[str], args) -> list[dict]:
     cold(["prep", src, "--plan", plan, "--key", key, "-o", shard, "-q"])
     runs = []
     for rep in range(args.train_reps):
-        for threads in (1, 2):
-            tag = f"t{threads}-r{rep}"
+        for threads, nproc in args.train_configs:
+            tag = f"t{threads}p{nproc}-r{rep}"
             env = {
                 v: str(threads)
                 for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -382,11 +388,14 @@ def train_threads(root: Path, keys: Path, names: list[str], args) -> list[dict]:
                     key,
                     "--ledger",
                     ledger,
+                    "--new-ledger",  # a fresh ledger per run, knowingly
                     "-o",
                     root / f"{tag}.update",
                     "--seed",
                     0,
                     "--json",
+                    "--nproc",
+                    nproc,
                 ],
                 env=env,
             )
@@ -395,6 +404,7 @@ def train_threads(root: Path, keys: Path, names: list[str], args) -> list[dict]:
             runs.append(
                 {
                     "threads": threads,
+                    "nproc": nproc,
                     "rep": rep,
                     **r,
                     "summary": summary,
@@ -533,24 +543,31 @@ def report_train(runs: list[dict], args) -> None:
         f"{args.train_epochs} epochs, DP\n"
     )
     print(
-        "| threads | rep | wall s (fresh process) | training s | DP steps "
-        "| images/s (expected batch) | peak RSS MB | CPU s | load 1/5/15 |"
+        "| threads | processes | rep | wall s (fresh process) | training s | DP steps "
+        "| images/s (expected batch) | peak RSS MB (one process) | CPU s | load 1/5/15 |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---|")
-    by = {1: [], 2: []}
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    by: dict[tuple[int, int], list[float]] = {c: [] for c in args.train_configs}
     for r in runs:
         s = r["summary"]
         images = r["steps"] * args.train_batch
-        by[r["threads"]].append(s["seconds"])
+        by[r["threads"], r["nproc"]].append(s["seconds"])
         print(
-            f"| {r['threads']} | {r['rep']} | {r['wall']:.1f} | {s['seconds']:.1f} "
-            f"| {r['steps']} | {images / s['seconds']:.1f} | {r['maxrss'] / MB:,.0f} "
-            f"| {r['cpu']:.1f} | {r['load']} |"
+            f"| {r['threads']} | {r['nproc']} | {r['rep']} | {r['wall']:.1f} "
+            f"| {s['seconds']:.1f} | {r['steps']} | {images / s['seconds']:.1f} "
+            f"| {r['maxrss'] / MB:,.0f} | {r['cpu']:.1f} | {r['load']} |"
         )
-    if by[1] and by[2]:
-        best = min(by[1]) / min(by[2])
-        med = statistics.median(by[1]) / statistics.median(by[2])
-        print(f"\nSpeed-up of 2 threads over 1: {best:.2f}x (best runs), {med:.2f}x (medians).")
+    ref = by.get((1, 1))
+    for (threads, nproc), xs in by.items():
+        if ref and xs and (threads, nproc) != (1, 1):
+            best = min(ref) / min(xs)
+            med = statistics.median(ref) / statistics.median(xs)
+            print(f"\nSpeed of {threads} thread(s) x {nproc} process(es) over 1 x 1: "
+                  f"{best:.2f}x (best runs), {med:.2f}x (medians).")  # fmt: skip
+
+
+def _configs(text: str) -> list[tuple[int, int]]:
+    return [tuple(int(v) for v in c.split("x")) for c in text.split(",") if c.strip()]
 
 
 def main() -> None:
@@ -567,6 +584,10 @@ def main() -> None:
     ap.add_argument("--train-epochs", type=int, default=4)
     ap.add_argument("--train-batch", type=int, default=64, help="expected batch (init's default)")
     ap.add_argument("--train-reps", type=int, default=2)
+    ap.add_argument(
+        "--train-configs", default="1x1,2x1", type=_configs,
+        help="THREADSxPROCESSES to compare, comma-separated (1x1 is the reference)",
+    )  # fmt: skip
     ap.add_argument("--json", type=Path, help="also write every measurement here")
     ap.add_argument("--batch-child", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()

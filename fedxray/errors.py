@@ -8,6 +8,8 @@ EXIT_USAGE = 2
 EXIT_VERIFY = 3
 EXIT_BUDGET = 4
 EXIT_REFUSED = 5
+# One process of a multi-process run (torchrun, --nproc) died, was killed or hung.
+EXIT_WORKER = 6
 EXIT_INTERRUPTED = 130
 # Killed by SIGPIPE, as the shell reports it for cat, grep or git: the reader of standard
 # output went away (``fedxray predict ... | head -1``); nothing is printed.
@@ -23,6 +25,8 @@ EXIT_CODES = {
     EXIT_BUDGET: "privacy budget would be exceeded; nothing was trained",
     EXIT_REFUSED: "refused by the protocol: e.g. a second masked update for a round, "
     "too few sites, a second closure",
+    EXIT_WORKER: "a process of a multi-process run (--nproc, torchrun) stopped or hung; every "
+    "process stopped, nothing half-done was kept: run the same command again to resume",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C); no partial output is left",
     EXIT_BROKEN_PIPE: "standard output was closed early (e.g. by | head); stopped quietly, "
     "like other Unix tools",

@@ -17,9 +17,12 @@ from fedxray.cli.common import (
     Ui,
     argument,
     command,
+    nproc_option,
     output_option,
+    relaunch,
 )
 from fedxray.cli.render import StageBar, render_report
+from fedxray.distributed import is_follower
 from fedxray.errors import FedxrayError
 from fedxray.evaluation.confidence import MIN_CONFIDENCE
 from fedxray.fsio import check_writable, is_stdio, write_atomic
@@ -107,6 +110,7 @@ def evaluate_cmd(
     ] = None,
     batch_size: BatchOpt = DEFAULT_BATCH,
     device: DeviceOpt = "cpu",
+    nproc: nproc_option("Run the model") = 1,
 ) -> None:
     """Measure a global model on a test shard, with 95% bootstrap confidence intervals.
 
@@ -123,6 +127,7 @@ def evaluate_cmd(
     """
     from fedxray.steps.evaluate import evaluate_files
 
+    relaunch(nproc)
     identity = load_private_key(key) if key is not None and reference is not None else None
     with StageBar(run.ui) as bar:
         res = evaluate_files(
@@ -139,6 +144,8 @@ def evaluate_cmd(
             force=run.force,
             progress=bar,
         )
+    if res is None:  # a rank other than 0 under torchrun: rank 0 reports
+        return
     run.done(res.to_dict(), lambda: _render_evaluation(run.ui, res))
 
 
@@ -178,6 +185,7 @@ def predict(
     ) = None,
     batch_size: BatchOpt = DEFAULT_BATCH,
     device: DeviceOpt = "cpu",
+    nproc: nproc_option("Run the model") = 1,
     min_confidence: Annotated[
         float,
         typer.Option(
@@ -209,6 +217,7 @@ def predict(
     from fedxray.steps.model import load_model
     from fedxray.steps.predict import format_predictions, predict_files, scan_inputs
 
+    relaunch(nproc)
     to_stdout = output is None or is_stdio(output)
     if not to_stdout:
         check_writable(output, force=run.force)
@@ -235,6 +244,10 @@ def predict(
                     )
             yield pred
 
+    if is_follower():  # a rank other than 0 under torchrun: its share, then rank 0 writes
+        for _ in predict_files(loaded, paths, batch_size=batch_size, device=device):
+            pass
+        return
     with run.ui.progress(enough_work=len(paths) >= _PROGRESS_FROM, unit="images") as bar:
         task = bar.add_task("classifying", total=len(paths))
         preds = predict_files(

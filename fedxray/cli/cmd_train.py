@@ -15,7 +15,9 @@ from fedxray.cli.common import (
     Ui,
     argument,
     command,
+    nproc_option,
     output_option,
+    relaunch,
 )
 from fedxray.errors import FedxrayError
 from fedxray.fsio import shown
@@ -80,6 +82,7 @@ def train_local(
             "others and makes the noise recomputable.",
         ),
     ] = None,
+    nproc: nproc_option("Train") = 1,
 ) -> None:
     """Train this site's round on its shard, with differential privacy, and sign the update.
 
@@ -96,12 +99,22 @@ def train_local(
     far (every epoch begun counts). A missing or different ledger is refused (exit 5) when
     the site has trained before.
 
+    With --nproc N (or under torchrun --nproc-per-node N -m fedxray) N processes share each
+    step: the same Poisson sample, each process clips its share of the patients, the clipped
+    sums are added up and the noise is added once, so the update and the privacy spent are
+    those of one process. Process 0 alone reads and writes the ledger, checkpoints and
+    update. When a process dies or hangs, all stop (exit 6); running the command again
+    resumes from the last finished epoch (docs/scaling.md).
+
     Warns when the shard has fewer than 50 patients: then a class has about 17 patients or
     fewer, and under DP each epoch is a single step over the whole shard with more than
     twice the noise of a large site at the same epsilon (docs/data.md).
     """
     from fedxray.steps.train_local import SEED_WARNING, train_file
 
+    if no_dp and nproc > 1:
+        raise FedxrayError("training without DP runs in one process", option="nproc", value=1)
+    relaunch(nproc)
     notes = [SEED_WARNING] if seed is not None else []
     for note in notes:
         run.ui.info(f"warning: {note}")
@@ -128,6 +141,8 @@ def train_local(
     except KeyboardInterrupt:
         _say_spent(run, ledger)
         raise
+    if local is None:  # a rank other than 0 under torchrun: rank 0 reports
+        return
     summary = {"update": str(local.path), "ledger": str(local.ledger), **local.summary()}
     summary["warnings"] = [*notes, *summary["warnings"]]
     hint = run.next_command("mask", local.path)

@@ -38,6 +38,7 @@ from rich.table import Table
 from rich.text import Text
 
 from fedxray.devices import check_device_name, resolve_device
+from fedxray.distributed import is_follower, launch
 from fedxray.errors import EXIT_BROKEN_PIPE, FedxrayError
 from fedxray.fsio import is_stdio
 from fedxray.settings import option_default
@@ -170,12 +171,46 @@ class _Count(ProgressColumn):
 
 
 def start(quiet: bool, json_out: bool, *outputs: Path | str | None) -> Ui:
-    """The preamble of a command: its Ui, and --json not fighting a file for stdout."""
+    """The preamble of a command: its Ui, and --json not fighting a file for stdout. Ranks
+    other than 0 of a torchrun job say nothing: rank 0 reports for all."""
     if json_out and any(is_stdio(o) for o in outputs):
         raise FedxrayError(
             "--json and -o - both want standard output", hint="write the file with -o FILE"
         )
+    if is_follower():
+        return Ui(True, False)
     return Ui(quiet, json_out)
+
+
+# The command line being run (set by fedxray.cli.main), for --nproc to start it again.
+COMMAND_LINE: list[str] = []
+
+
+def nproc_option(what: str) -> Any:
+    return Annotated[
+        int,
+        typer.Option(
+            "--nproc", min=1, metavar="N",
+            help=f"{what} in N processes (torch.distributed: gloo on the CPU, NCCL on GPUs, "
+            "one GPU each); the same as torchrun --nproc-per-node N -m fedxray ...",
+        ),
+    ]  # fmt: skip
+
+
+def relaunch(nproc: int) -> None:
+    """Run this command line again in ``nproc`` processes (torch.distributed's launcher) and
+    exit with its exit code; returns when one process is asked for."""
+    if nproc <= 1:
+        return
+    if not COMMAND_LINE:
+        raise FedxrayError("--nproc needs the fedxray command line (fedxray.cli.main)")
+    argv, skip = [], False
+    for arg in COMMAND_LINE:
+        if skip or arg == "--nproc" or arg.startswith("--nproc="):
+            skip = arg == "--nproc"
+            continue
+        argv.append(arg)
+    raise SystemExit(launch(argv, nproc))
 
 
 # The plan settings that commands take as options (fedxray.settings.OPTIONS), with their help.

@@ -13,8 +13,9 @@ from typing import NoReturn
 import typer
 
 from fedxray import __version__
-from fedxray.cli import commands
+from fedxray.cli import commands, common
 from fedxray.cli.common import hint
+from fedxray.distributed import is_follower
 from fedxray.errors import EXIT_ERROR, EXIT_INTERRUPTED, FedxrayError
 from fedxray.fsio import NO_SPACE, output_error
 
@@ -94,6 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     args, debug = _argv_without_debug(list(sys.argv[1:] if argv is None else argv))
     debug = debug or os.environ.get("FEDXRAY_DEBUG") == "1"
     json_mode = "--json" in _split(args)[0]
+    common.COMMAND_LINE[:] = args
     command = typer.main.get_command(app)
     try:
         # Not standalone: usage errors come back here, so that --json can report them too.
@@ -113,6 +115,8 @@ def main(argv: list[str] | None = None) -> None:
     except FedxrayError as e:
         if debug:
             traceback.print_exc()
+        if is_follower():  # rank 0 of a torchrun job speaks for every process
+            sys.exit(e.exit_code)
         _fail(e.message, hint(e), e.exit_code, json_mode)
     except KeyboardInterrupt:
         print(INTERRUPTED, file=sys.stderr)

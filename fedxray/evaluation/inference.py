@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedxray import distributed
 from fedxray.devices import resolve_device
 from fedxray.errors import FedxrayError
 from fedxray.models.inputs import images_to_tensor
@@ -28,12 +29,15 @@ def predict_proba(
     images scaled and normalised, with ``channels`` channels (the plan's ``in_channels``).
     Runs in eval mode without gradients, one batch at a time (so memory stays bounded for
     large shards); the model's device and train/eval mode are restored afterwards.
+    Under torchrun each rank runs its contiguous share of the images and every rank gets
+    all the rows, in the images' order (fedxray.distributed).
     """
     if batch_size < 1:
         raise FedxrayError(f"batch size must be positive, got {batch_size}")
-    n = len(images)
-    if n == 0:
+    if len(images) == 0:
         raise FedxrayError("no images to predict")
+    images = images[distributed.world().share(len(images))]
+    n = len(images)
     dev = resolve_device(device)
     was_training = model.training
     home = next((t.device for t in model.parameters()), dev)
@@ -55,4 +59,5 @@ def predict_proba(
                     progress(min(start + batch_size, n), n)
     finally:
         model.to(home).train(was_training)
-    return np.concatenate(out).astype(np.float32, copy=False)
+    rows = np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+    return distributed.gather_rows(rows).astype(np.float32, copy=False)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedxray import distributed
 from fedxray.data.pseudonym import image_id, site_secret
 from fedxray.data.shard import Shard
 from fedxray.data.shard_io import read_shard
@@ -219,10 +220,20 @@ def evaluate_files(
     plots: Path | None = None,
     force: bool = False,
     **options,
-) -> Evaluation:
+) -> Evaluation | None:
     """:func:`evaluate_shard` (with its ``options``) on files: the model, verified against
     its plan, the shard, a reader's CSV; the plots, when asked for, go into the folder
-    ``plots``."""
+    ``plots``. Under torchrun, every rank runs its share of the images and rank 0 alone
+    evaluates and writes; the others return None."""
+    world = distributed.join(options.get("device", "cpu"))
+    if world.distributed:
+        options["device"] = str(world.device)
+        if not world.leader:
+            loaded = load_model(model_path, plan_path)
+            predict_proba(loaded.module, read_shard(shard_path).images, view=loaded.view,
+                          batch_size=options.get("batch_size", DEFAULT_BATCH),
+                          device=options["device"])  # fmt: skip
+            return None
     if plots is not None and plots.is_dir():
         for name in PLOT_FILES.values():  # fail before the work, not after it
             check_writable(plots / name, force=force)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedxray import distributed
 from fedxray.data.scan import scan_files
 from fedxray.devices import resolve_device
 from fedxray.errors import FedxrayError
@@ -121,6 +122,8 @@ def predict_files(
             f"the confidence threshold must be in [0, 1], got {min_confidence}",
             option="min_confidence",
         )
+    world = distributed.join(device)
+    device = str(world.device) if world.distributed else device
     # Moved once: predict_proba then finds the model where it runs, batch after batch.
     model.module.to(resolve_device(device))
     paths = list(paths)

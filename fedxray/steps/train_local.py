@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from fedxray import distributed
 from fedxray.artifact import build_artifact, read_header
 from fedxray.data.shard import small_shard_warning
 from fedxray.data.shard_io import read_shard
@@ -18,7 +19,9 @@ from fedxray.modelfile import load_model_artifact, require_iterate
 from fedxray.plan import Plan
 from fedxray.steps.shared import Party
 from fedxray.steps.site_memory import SiteFiles, check_ledger, remember
+from fedxray.training import ranks
 from fedxray.training.accounting import epsilon_value
+from fedxray.training.follow import follow_round
 from fedxray.training.ledger import SiteLedger
 from fedxray.training.loop import Progress, RoundResult, train_round
 from fedxray.training.settings import TrainSettings
@@ -162,10 +165,31 @@ def train_file(
     force=False,
     seed: int | None = None,
     **options,
-) -> LocalRound:
+) -> LocalRound | None:
     """:func:`train_local` from a model file to ``output`` (mode 0600: it stays at the site),
     by default SITE-round-NNNN.update beside the model; the ledger defaults to SITE.ledger
-    beside the key, checkpoints go to a hidden folder beside the key."""
+    beside the key, checkpoints go to a hidden folder beside the key.
+
+    Under torchrun, rank 0 does all of that with the other ranks' help; they read the shard,
+    train with it and return None (fedxray.training.ranks)."""
+    world = distributed.join(options.get("device", "cpu"))
+    if world.distributed:
+        if not options.get("dp", True):
+            raise FedxrayError("training without DP runs in one process", option="nproc", value=1)
+        options["device"] = str(world.device)
+        if not world.leader:
+            follow_round(read_shard(shard), world.device)
+            return None
+    ranks.reset()
+    try:
+        return _train_file(model, shard, me, output=output, ledger=ledger, force=force,
+                           seed=seed, **options)  # fmt: skip
+    except BaseException:
+        ranks.abort()  # the other ranks stop with rank 0 (when they wait for it)
+        raise
+
+
+def _train_file(model: Path, shard: Path, me: Party, *, output, ledger, force, seed, **options):
     plan, key = me.plan, me.identity
     plan.require_site(key)
     model_bytes = read_input(model, "global model")

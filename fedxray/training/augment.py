@@ -17,6 +17,7 @@ SCALE_RANGE = (0.92, 1.08)
 MAX_SHIFT = 0.05  # fraction of the image size
 BRIGHTNESS = 0.08
 CONTRAST = 0.1
+DRAWS_PER_IMAGE = 6  # angle, scale, 2 shifts, contrast, brightness
 
 
 def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -24,7 +25,7 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     b = x.shape[0]
     if b == 0:
         return x
-    u = torch.rand(b, 6, generator=generator)  # all draws on the CPU generator
+    u = torch.rand(b, DRAWS_PER_IMAGE, generator=generator)  # all draws on the CPU generator
     angle = (u[:, 0] * 2 - 1) * math.radians(MAX_ROTATION_DEG)
     scale = SCALE_RANGE[0] + u[:, 1] * (SCALE_RANGE[1] - SCALE_RANGE[0])
     shift = (u[:, 2:4] * 2 - 1) * (2 * MAX_SHIFT)  # grid coordinates span [-1, 1]
@@ -39,3 +40,9 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     brightness = ((u[:, 5] * 2 - 1) * BRIGHTNESS).to(x.device, x.dtype).view(b, 1, 1, 1)
     mean = out.mean(dim=(1, 2, 3), keepdim=True)
     return ((out - mean) * contrast + mean + brightness).clamp(0.0, 1.0)
+
+
+def skip_augment(generator: torch.Generator, count: int) -> None:
+    """Advance ``generator`` exactly as :func:`augment` of ``count`` images would."""
+    if count > 0:
+        torch.rand(count, DRAWS_PER_IMAGE, generator=generator)

@@ -20,12 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedxray import distributed
 from fedxray.data.shard import Shard
 from fedxray.devices import resolve_device
 from fedxray.errors import FedxrayError, ProtocolRefusal
 from fedxray.models.registry import build_model, get_spec, load_numpy_state, state_to_numpy
-from fedxray.training import budget, checkpoint, replay
-from fedxray.training.augment import augment
+from fedxray.training import budget, checkpoint, ranks, replay
+from fedxray.training.augment import augment, skip_augment
 from fedxray.training.averaging import attach_ema, averaged_state
 from fedxray.training.dp_engine import DPEngine, NoiseGenerator, PrivateOptimizer
 from fedxray.training.ledger import DONE, Ledger, SiteLedger, ledger_lock
@@ -288,6 +289,11 @@ class _Batches:
         x = self.view(self.shard.images[idx], self.device, jitter)
         return x, self.labels[idx].to(self.device)
 
+    def skip(self, count: int) -> None:
+        """Advance the augmentation past ``count`` images that another rank augments."""
+        if self.generator is not None:
+            skip_augment(self.generator, count)
+
     def forward(self, model, x):
         if self.autocast:  # mixed precision on GPU only
             with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -309,18 +315,25 @@ class _Epochs:
     def __init__(self, model, optimizer, shard, settings, sampling, sigma, weights, device):
         self.model, self.shard, self.settings, self.sampling = model, shard, settings, sampling
         self.weights, self.device, self.dp = weights, device, sigma is not None
-        self.optimizer = optimizer
+        self.optimizer = self.inner = optimizer
         if self.dp:
             self.optimizer = PrivateOptimizer(
                 optimizer,
                 DPEngine(model, settings.max_grad_norm),
                 noise_multiplier=sigma,
                 expected_batch_size=sampling.expected_batch_size,
+                # Several ranks (torchrun): the clipped sums are added up before the noise.
+                all_reduce=distributed.all_reduce_sum,
             )
+        ranks.lead_start(settings, sigma)
 
     def run(self, seed: str, step_done: Callable[[int], None]) -> float:
         """Train one epoch; its mean loss. Sampling, augmentation and noise come from the
         epoch's recorded ``seed`` (replay.epoch_streams)."""
+        with ranks.lead_epoch(seed, self.model, self.inner):
+            return self._run(seed, step_done)
+
+    def _run(self, seed: str, step_done: Callable[[int], None]) -> float:
         rng, s_aug, s_noise = replay.epoch_streams(seed)
         jitter = torch.Generator().manual_seed(s_aug) if self.settings.augment else None
         batches = _Batches(self.shard, self.device, jitter, self.settings)
@@ -340,6 +353,7 @@ class _Epochs:
         )  # fmt: skip
 
     def close(self) -> None:
+        ranks.lead_done()
         if self.dp:
             self.optimizer.engine.detach()
 
@@ -353,14 +367,21 @@ def _dp_epoch(
         idx = sampler.sample(rng, q)
         optimizer.zero_grad()
         for start in range(0, len(idx), physical):
-            x, y = batches(idx[start : start + physical])
-            losses = optimizer.backward(
-                lambda x=x, y=y: _losses(batches.forward(model, x), y, weights)
-            )
-            total += float(losses.sum())
-            count += len(y)
+            # Under torchrun each rank takes its share of the batch, and skips the others'
+            # augmentation draws: the same images and jitter as in one process.
+            mine, before, after = ranks.share_step(np.sort(idx[start : start + physical]))
+            batches.skip(before)
+            if len(mine):
+                x, y = batches(mine)
+                losses = optimizer.backward(
+                    lambda x=x, y=y: _losses(batches.forward(model, x), y, weights)
+                )
+                total += float(losses.sum())
+                count += len(y)
+            batches.skip(after)
         optimizer.step()
         step_done(i + 1)
+    total, count = distributed.sum_floats(total, count)
     return total / max(count, 1)
 
 
