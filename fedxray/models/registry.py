@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from fedxray.errors import FedxrayError, VerificationError
+from fedxray.models import scatterlinear
 from fedxray.models.resnet import resnet18
 from fedxray.models.smallcnn import SmallCNN
 from fedxray.models.spec import ModelSpec
@@ -40,6 +41,16 @@ BUILTIN = (
         lambda num_classes, in_channels, _size: resnet18(num_classes, in_channels),
         image_sizes=(32, 224),
         description="ResNet-18 with GroupNorm (PriMIA's architecture)",
+    ),
+    # Fixed wavelet scattering features (no parameters, cached per image) and a linear head:
+    # issue 10's recipe (benchmarks/research/REPORT.md), the default.
+    ModelSpec(
+        "scatter-linear",
+        scatterlinear.build,
+        image_sizes=(32, 128),
+        input_view=scatterlinear.UnitImages,
+        front_end="front_end",
+        description="wavelet scattering (J=3, L=8, order 2) and a linear head",
     ),
 )
 MODEL_NAMES: tuple[str, ...] = tuple(s.name for s in BUILTIN)  # the built-in models
