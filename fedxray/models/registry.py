@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from fedxray.errors import FedxrayError, VerificationError
-from fedxray.models import scatterlinear
 from fedxray.models.resnet import resnet18
+from fedxray.models.scatterlinear import UnitImages, build_scatter_linear
 from fedxray.models.smallcnn import SmallCNN
 from fedxray.models.spec import ModelSpec
 
@@ -46,9 +46,9 @@ BUILTIN = (
     # issue 10's recipe (benchmarks/research/REPORT.md), the default.
     ModelSpec(
         "scatter-linear",
-        scatterlinear.build,
+        build_scatter_linear,
         image_sizes=(32, 128),
-        input_view=scatterlinear.UnitImages,
+        input_view=UnitImages,
         front_end="front_end",
         description="wavelet scattering (J=3, L=8, order 2) and a linear head",
     ),
@@ -102,9 +102,9 @@ def get_spec(arch: str) -> ModelSpec:
     return spec
 
 
-def check_model(model, num_classes: int) -> None:
+def check_model(model, num_classes: int, centering: bool = False) -> None:
     """Refuse, when a plan is made, a model it could not use: ``model`` holds the plan's
-    arch, image_size and in_channels."""
+    arch, image_size and in_channels; ``centering`` needs a head with a ``center``."""
     spec = get_spec(model.arch)
     if model.in_channels not in spec.in_channels:
         if spec.in_channels == (1,):
@@ -116,6 +116,14 @@ def check_model(model, num_classes: int) -> None:
         front = module.get_submodule(spec.front_end)
         if any(p.requires_grad for p in front.parameters()):
             raise FedxrayError(f"{spec.name}: the front end {spec.front_end!r} must be frozen")
+    head = getattr(module, "head", None)
+    if centering and not (hasattr(head, "embed") and hasattr(head, "center")):
+        raise FedxrayError(
+            f"{spec.name} has no center to release: centering is for a linear head on a "
+            "fixed front end (scatter-linear)",
+            hint="create the plan without centering",
+            option="centering",
+        )
 
 
 def default_image_size(arch: str) -> int:
