@@ -1,16 +1,17 @@
 """The federation's settings as typed data: every default is written here once.
 
 A plan carries them as JSON (:meth:`FederationSettings.to_dict` / ``from_dict``); `fedxray
-init` and `fedxray simulate` build them from flat options with :func:`settings_from_options`.
+init` and `fedxray simulate` build them from flat options (:mod:`fedxray.settings_options`).
 Messages name a setting the way people write it (``image-size``, ``min-sites``), and
 :class:`SettingError` carries its path (``model.image_size``) so that a front end can say
 which of its options sets it.
 
 To add a setting: add a field with its default to one section below and, when some values
 are impossible, a line to that section's ``check``. Plans written before it load with the
-default; a flat option for it is one more entry in :data:`OPTIONS`. Declare a setting added
-later with :func:`added_later`: a plan writes it only when it differs from its default, so a
-plan that does not use it stays the same, key for key, and older fedxray still reads it.
+default of their model (:mod:`fedxray.model_defaults`); a flat option for it is one more entry in
+:data:`OPTIONS`. Declare a setting that needs no per-model default with :func:`added_later`:
+a plan writes it only when it differs from its default, so a plan that does not use it
+stays the same, key for key, and older fedxray still reads it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any, Self
 
 from fedxray.errors import FedxrayError
 from fedxray.keys import check_name
+from fedxray.model_defaults import MODEL_DEFAULTS, PLUGIN_DEFAULTS, merged
 from fedxray.secagg.fixedpoint import SecaggParams, check_capacity
 from fedxray.secagg.server import ServerConfig
 
@@ -158,8 +160,10 @@ def _require(ok: bool, path: str, message: str, hint: str | None = None) -> None
 
 @dataclass(frozen=True)
 class ModelSettings(_Section):
-    arch: str = "smallcnn"
-    image_size: int = 64
+    # Issue 10's recipe (benchmarks/research/REPORT.md): fixed wavelet scattering features
+    # and a linear head; MODEL_DEFAULTS holds the training that goes with each model.
+    arch: str = "scatter-linear"
+    image_size: int = 128
     in_channels: int = 1
 
     def check(self) -> None:
@@ -169,22 +173,30 @@ class ModelSettings(_Section):
 
 @dataclass(frozen=True)
 class TrainingSettings(_Section):
-    rounds: int = 5
-    local_epochs: int = 2
-    batch_size: int = 64  # expected (Poisson) batch size under DP
+    # The recipe for the default model (scatter-linear): one centring round, then 10 rounds
+    # x 5 full-batch steps of heavy-ball momentum (reset each round), learning rate 10 for
+    # the weights and 2 for the biases (unit-norm features: the loss is at most 1-smooth).
+    # Other models train with model_defaults.CNN_TRAINING unless the plan says otherwise.
+    rounds: int = 11
+    local_epochs: int = 5
+    batch_size: int = 64  # expected (Poisson) batch size under DP, when not full_batch
     optimizer: str = "sgd"
-    # Under DP nearly every per-example gradient is clipped to max_grad_norm, so steps are
-    # small: 0.15 learned in both DP and non-DP runs where 0.05 stayed at chance.
-    lr: float = 0.15
+    lr: float = 10.0
     momentum: float = 0.9
     weight_decay: float = 0.0
     # Per-class loss weights: one public weight per class, or "balanced" (from each site's
     # class counts: private, so only without DP); None weighs every image alike.
     class_weights: tuple[float, ...] | str | None = added_later(None)
-    augment: bool = added_later(True)  # random jitter of the training images
+    augment: bool = False  # random jitter of the training images (CNNs: model_defaults)
     # The update a site sends is the exponential moving average of its local iterates (this
     # decay per step, debiased); 0 sends the last iterate. Post-processing: no privacy cost.
     ema_decay: float = added_later(0.0)
+    # Every unit in every step (q = 1, one step per local epoch) instead of Poisson batches.
+    full_batch: bool = True
+    bias_lr: float = 2.0  # the biases' learning rate; 0: lr
+    # Round 1 releases the (DP) mean feature into the model's center instead of training
+    # (fedxray.training.centering); models with a fixed front end and a linear head only.
+    centering: bool = True
 
     def check(self) -> None:
         ok = self.rounds >= 1 and self.local_epochs >= 1
@@ -210,6 +222,12 @@ class TrainingSettings(_Section):
             "training.class_weights",
             "class weights must be positive",
         )
+        _require(self.bias_lr >= 0, "training.bias_lr", "bias-lr must be >= 0")
+        _require(
+            not self.centering or self.rounds >= 2,
+            "training.centering",
+            "centering takes round 1: the plan needs at least 2 rounds",
+        )
 
 
 @dataclass(frozen=True)
@@ -222,6 +240,9 @@ class DPSettings(_Section):
     # What one record of the privacy guarantee is: "auto" is the patient when the shard knows
     # patients (it does after prep), else the image.
     privacy_unit: str = added_later("auto")
+    # Noise multiplier of the centring release (sensitivity 1): about one training step's
+    # worth of the budget at the recipe's noise.
+    centering_sigma: float = 5.0
 
     def check(self) -> None:
         _require(
@@ -239,6 +260,7 @@ class DPSettings(_Section):
             hint="use delta well below 1/patients",
         )
         _require(self.max_grad_norm > 0, "dp.max_grad_norm", "the clipping norm must be positive")
+        _require(self.centering_sigma > 0, "dp.centering_sigma", "centering-sigma must be > 0")
 
 
 @dataclass(frozen=True)
@@ -278,12 +300,28 @@ class FederationSettings(_Section):
     server: ServerSettings = field(default_factory=ServerSettings)
     min_sites: int = 3
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "") -> Self:
+        """As any section, except that settings absent from ``data`` take the defaults of
+        its model (:data:`MODEL_DEFAULTS`) before the general ones."""
+        if isinstance(data, Mapping) and not where:
+            model = data.get("model")
+            arch = model.get("arch") if isinstance(model, Mapping) else None
+            arch = arch if isinstance(arch, str) else None  # a wrong type is refused below
+            data = merged(MODEL_DEFAULTS.get(arch or ModelSettings.arch, PLUGIN_DEFAULTS), data)
+        return super().from_dict(data, where)
+
     def validate(self, n_sites: int) -> None:
         """At init: :meth:`check`, and the model can be built for these classes."""
         from fedxray.models.registry import check_model  # heavy: builds the model's shapes
 
-        check_model(self.model, len(self.classes))
         self.check(n_sites)
+        check_model(
+            self.model,
+            len(self.classes),
+            centering=self.training.centering,
+            augment=self.training.augment,
+        )
 
     def check(self, n_sites: int | None = None) -> None:
         """Refuse impossible values and combinations, cheaply (no model is built): at init,
@@ -363,6 +401,9 @@ OPTIONS: dict[str, str] = {
     "lr": "training.lr",
     "epsilon": "dp.epsilon",
     "delta": "dp.delta",
+    "full_batch": "training.full_batch",
+    "bias_lr": "training.bias_lr",
+    "centering": "training.centering",
     "clip_norm": "dp.max_grad_norm",
     "allow_no_dp": "dp.allow_no_dp",
     "privacy_unit": "dp.privacy_unit",
@@ -377,52 +418,9 @@ OPTIONS: dict[str, str] = {
 }
 
 
-def option_default(option: str) -> Any:
-    """The default of a flat option: the default of the setting it sets."""
-    value: Any = FederationSettings()
-    for part in OPTIONS[option].split("."):
-        value = getattr(value, part)
-    return ",".join(value) if isinstance(value, tuple) else value
-
-
 def option_for(setting: str) -> str | None:
     """The flat option that sets ``setting`` (a path such as ``dp.epsilon``), if any."""
     return next((o for o, path in OPTIONS.items() if path == setting), None)
-
-
-def settings_from_options(**options: Any) -> FederationSettings:
-    """Settings from flat options; an option that is None or absent keeps its default."""
-    tree: dict[str, Any] = {}
-    for option, value in options.items():
-        if option not in OPTIONS:
-            raise TypeError(f"unknown option {option!r}")
-        if value is None:
-            continue
-        if option == "class_weights" and isinstance(value, str):
-            value = parse_class_weights(value)
-        *sections, name = OPTIONS[option].split(".")
-        node = tree
-        for s in sections:
-            node = node.setdefault(s, {})
-        node[name] = list(value) if isinstance(value, list | tuple) else value
-    return FederationSettings.from_dict(tree)
-
-
-def parse_class_weights(text: str) -> list[float] | str | None:
-    """An option's class weights: ``1,2,2`` (one per class), ``balanced``, or ``none``."""
-    text = text.strip()
-    if text.lower() in ("", "none"):
-        return None
-    if text == BALANCED:
-        return text
-    try:
-        return [float(w) for w in text.split(",")]
-    except ValueError:
-        raise SettingError(
-            "training.class_weights",
-            f"class-weights must be numbers separated by commas, {BALANCED!r} or 'none', "
-            f"got {text!r}",
-        ) from None
 
 
 def make_settings(overrides: Mapping[str, Any] | None = None) -> FederationSettings:

@@ -55,18 +55,20 @@ SITECUSTOMIZE = textwrap.dedent(
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory):
     d = tmp_path_factory.mktemp("dist")
-    make_federation(d, "dist", "-o", d / "dist", "--image-size", "16", "--rounds", "2",
-                    "--local-epochs", "1", "--batch-size", "8", "--epsilon", "8")  # fmt: skip
+    make_federation(d, "dist", "-o", d / "dist", "--model", "tinycnn", "--image-size", "16",
+                    "--rounds", "2", "--local-epochs", "1", "--batch-size", "8",
+                    "--epsilon", "8")  # fmt: skip
     plan, key = d / "dist" / "dist.plan", d / "hosp-a.key"
     r = run_cli("prep", REPO / "sample_data" / "hospital-c", "-o", d / "a.shard", "--plan", plan,
                 "--key", key, "-q")  # fmt: skip
     assert r.code == 0, r.err
     # A second federation whose rounds last 2 epochs: time to kill a rank while it trains.
-    make_federation(d, "long", "-o", d / "long", "--image-size", "16", "--rounds", "2",
-                    "--local-epochs", "2", "--batch-size", "8", "--epsilon", "8")  # fmt: skip
+    make_federation(d, "long", "-o", d / "long", "--model", "tinycnn", "--image-size", "16",
+                    "--rounds", "2", "--local-epochs", "2", "--batch-size", "8",
+                    "--epsilon", "8")  # fmt: skip
     # A federation whose sites keep an average of their iterates (the optimiser's state).
-    make_federation(d, "ema", "-o", d / "ema", "--image-size", "16", "--rounds", "2",
-                    "--local-epochs", "2", "--batch-size", "8", "--epsilon", "8",
+    make_federation(d, "ema", "-o", d / "ema", "--model", "tinycnn", "--image-size", "16",
+                    "--rounds", "2", "--local-epochs", "2", "--batch-size", "8", "--epsilon", "8",
                     "--ema", "0.5")  # fmt: skip
     hooks = d / "hooks"
     hooks.mkdir()
@@ -254,4 +256,14 @@ def test_no_dp_is_refused_with_several_processes(fed):
     site = _site(fed, "nodp")
     r = run_cli(*_train_args(fed, site, "--nproc", "2", "--no-dp"))
     assert r.code == 1 and "one process" in r.err and "--nproc 1" in r.err, r.err
+    assert _listing(site) == ["hosp-a.key"]
+
+
+def test_a_head_on_cached_features_is_refused_with_several_processes(fed):
+    """scatter-linear trains its head on features cached per image, in one process."""
+    d = fed[0]
+    make_federation(d, "scat", "-o", d / "scat", "--image-size", "32")
+    site = _site(fed, "scat-site")
+    r = run_cli(*_train_args(fed, site, "--nproc", "2", federation="scat"))
+    assert r.code == 1 and "cached features" in r.err and "--nproc 1" in r.err, r.err
     assert _listing(site) == ["hosp-a.key"]

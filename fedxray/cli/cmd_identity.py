@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from fedxray.cli.common import PLAN_OPTIONS, Run, Ui, command
-from fedxray.settings import settings_from_options
+from fedxray.settings_options import settings_from_options
 from fedxray.steps.identity import create_identity
 
 EXAMPLES = {

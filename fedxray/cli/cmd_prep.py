@@ -12,7 +12,8 @@ from fedxray.cli.common import KeyOpt, PlanOpt, Run, Ui, command, output_option
 from fedxray.errors import FedxrayError
 from fedxray.keys import load_private_key
 from fedxray.plan import load_plan
-from fedxray.settings import DEFAULT_CLASSES, option_default
+from fedxray.settings import DEFAULT_CLASSES
+from fedxray.settings_options import option_default
 
 EXAMPLES = {
     "prep": [

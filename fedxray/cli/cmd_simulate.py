@@ -19,7 +19,8 @@ from fedxray.training.accounting import epsilon_text
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(SimulationConfig)}
 SIMULATE_OPTIONS = (
     "rounds", "local_epochs", "strict", "model", "image_size", "batch_size", "lr", "epsilon",
-    "min_sites", "server_opt", "privacy_unit", "class_weights", "augment", "ema", "average_last",
+    "min_sites", "server_opt", "full_batch", "centering", "privacy_unit", "class_weights",
+    "augment", "ema", "average_last",
 )  # fmt: skip
 
 EXAMPLES = {
@@ -174,6 +175,7 @@ class _Reporter:
         self.bar = ui.progress(unit="steps")
         self.task = None
         self.site = None
+        self.centring = False  # this round releases the mean feature instead of training
         self.started = 0.0
         self.trained: list[float] = []  # this round's sites' training seconds
         self.sites: list[str] = []
@@ -206,10 +208,13 @@ class _Reporter:
 
     def _round_start(self, info: dict) -> None:
         self.sites, self.trained = list(info["sites"]), []
-        self.ui.info(
-            f"round {info['round']} of {self.cfg.rounds}: {len(self.sites)} sites train "
-            f"{self.cfg.local_epochs} epoch(s) each"
+        self.centring = info.get("centring", False)
+        what = (
+            "release their mean feature with DP noise (centring, no training)"
+            if self.centring
+            else f"train {self.cfg.local_epochs} epoch(s) each"
         )
+        self.ui.info(f"round {info['round']} of {self.cfg.rounds}: {len(self.sites)} sites {what}")
 
     def _training(self, info: dict) -> None:
         if self.site != info["site"]:
@@ -233,10 +238,13 @@ class _Reporter:
         self.trained.append(info["seconds"])
         left = len(self.sites) - len(self.trained)
         eps = _epsilon(info["epsilon"], self.budget)
-        line = (
-            f"  {info['site']}: trained {len(info['losses'])} epoch(s) in "
-            f"{info['seconds']:.1f}s, loss {info['loss']:.4f}, epsilon {eps}"
-        )
+        if self.centring:
+            line = f"  {info['site']}: released in {info['seconds']:.1f}s, epsilon {eps}"
+        else:
+            line = (
+                f"  {info['site']}: trained {len(info['losses'])} epoch(s) in "
+                f"{info['seconds']:.1f}s, loss {info['loss']:.4f}, epsilon {eps}"
+            )
         if info.get("dropped"):
             line += "; drops out: its update is never delivered"
         if left:
@@ -248,7 +256,8 @@ class _Reporter:
         rows = []
         for name, s in info["sites"].items():
             state = "dropped" if s.get("dropped") else f"{s['seconds']:.1f}s"
-            rows.append((name, f"{s['loss']:.4f}", _epsilon(s["epsilon"], self.budget), state))
+            loss = "-" if self.centring else f"{s['loss']:.4f}"
+            rows.append((name, loss, _epsilon(s["epsilon"], self.budget), state))
         sec = info["seconds"]
         self.ui.table(f"round {info['round']}", rows, ("site", "loss", "epsilon", "train"))
         self.ui.info(

@@ -110,10 +110,9 @@ def train_local(
     fewer, and under DP each epoch is a single step over the whole shard with more than
     twice the noise of a large site at the same epsilon (docs/data.md).
     """
-    from fedxray.steps.train_local import SEED_WARNING, train_file
+    from fedxray.steps.train_local import SEED_WARNING, check_processes, train_file
 
-    if no_dp and nproc > 1:
-        raise FedxrayError("training without DP runs in one process", option="nproc", value=1)
+    check_processes(run.party.plan, not no_dp, nproc)
     relaunch(nproc)
     notes = [SEED_WARNING] if seed is not None else []
     for note in notes:

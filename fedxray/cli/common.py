@@ -41,7 +41,7 @@ from fedxray.devices import check_device_name, resolve_device
 from fedxray.distributed import is_follower, launch
 from fedxray.errors import EXIT_BROKEN_PIPE, FedxrayError
 from fedxray.fsio import is_stdio
-from fedxray.settings import option_default
+from fedxray.settings_options import PER_MODEL, option_default
 from fedxray.steps import party_files
 from fedxray.steps.shared import Party, load_party
 
@@ -215,7 +215,7 @@ def relaunch(nproc: int) -> None:
 
 # The plan settings that commands take as options (fedxray.settings.OPTIONS), with their help.
 PLAN_OPTIONS = {
-    "model": "Model: smallcnn, tinycnn or resnet18 (or a plug-in's).",
+    "model": "Model: scatter-linear, smallcnn, tinycnn or resnet18 (or a plug-in's).",
     "image_size": "Input size in pixels.",
     "classes": "Comma-separated class names.",
     "rounds": "Number of federated rounds.",
@@ -224,6 +224,9 @@ PLAN_OPTIONS = {
     "lr": "Local learning rate.",
     "epsilon": "Privacy budget per site.",
     "delta": "Privacy delta.",
+    "full_batch": "Every patient in every step (q = 1) instead of Poisson batches.",
+    "bias_lr": "Learning rate of the biases (0: --lr).",
+    "centering": "Round 1 releases the DP mean feature (scatter-linear).",
     "clip_norm": "DP-SGD per-example clipping norm.",
     "allow_no_dp": "Accept non-private (--no-dp) updates.",
     "privacy_unit": "What DP protects: auto (the patient when known), patient or image.",
@@ -325,12 +328,21 @@ def _option(name: str, annotation: Any, default: Any) -> inspect.Parameter:
 
 
 def _plan_option(name: str, help: str, default: Any) -> inspect.Parameter:
-    """The option of a plan setting: flag from its name, type from its default."""
+    """The option of a plan setting: flag from its name, type from its default. An option
+    whose default depends on the model (PER_MODEL) stays unset unless given."""
     flag = "--" + name.replace("_", "-")
-    kind = str | None if default is None else type(default)  # None: a text option, unset
-    if default is True:  # on by default: the option turns it off
-        flag = f"{flag}/--no-{flag[2:]}"
-    return _option(name, Annotated[kind, typer.Option(flag, help=help)], default)
+    if name in PER_MODEL:
+        recipe = option_default(name)
+        help = f"{help} Default: per model ({recipe} for {option_default('model')})."
+        kind, default = type(recipe) | None, None
+        if isinstance(recipe, bool):
+            flag = f"{flag}/--no-{flag[2:]}"
+    else:
+        kind = str | None if default is None else type(default)  # None: a text option, unset
+        if default is True:  # on by default: the option turns it off
+            flag = f"{flag}/--no-{flag[2:]}"
+    option = typer.Option(flag, help=help, show_default=default is not None)
+    return _option(name, Annotated[kind, option], default)
 
 
 def command(

@@ -13,6 +13,7 @@ from torch import nn
 
 from fedxray.errors import FedxrayError, VerificationError
 from fedxray.models.resnet import resnet18
+from fedxray.models.scatterlinear import UnitImages, build_scatter_linear
 from fedxray.models.smallcnn import SmallCNN
 from fedxray.models.spec import ModelSpec
 
@@ -40,6 +41,16 @@ BUILTIN = (
         lambda num_classes, in_channels, _size: resnet18(num_classes, in_channels),
         image_sizes=(32, 224),
         description="ResNet-18 with GroupNorm (PriMIA's architecture)",
+    ),
+    # Fixed wavelet scattering features (no parameters, cached per image) and a linear head:
+    # issue 10's recipe (benchmarks/research/REPORT.md), the default.
+    ModelSpec(
+        "scatter-linear",
+        build_scatter_linear,
+        image_sizes=(32, 128),
+        input_view=UnitImages,
+        front_end="front_end",
+        description="wavelet scattering (J=3, L=8, order 2) and a linear head",
     ),
 )
 MODEL_NAMES: tuple[str, ...] = tuple(s.name for s in BUILTIN)  # the built-in models
@@ -91,9 +102,10 @@ def get_spec(arch: str) -> ModelSpec:
     return spec
 
 
-def check_model(model, num_classes: int) -> None:
+def check_model(model, num_classes: int, centering: bool = False, augment: bool = False) -> None:
     """Refuse, when a plan is made, a model it could not use: ``model`` holds the plan's
-    arch, image_size and in_channels."""
+    arch, image_size and in_channels; ``centering`` needs a head with a ``center``;
+    ``augment`` a model without a fixed front end (whose features are cached per image)."""
     spec = get_spec(model.arch)
     if model.in_channels not in spec.in_channels:
         if spec.in_channels == (1,):
@@ -105,6 +117,21 @@ def check_model(model, num_classes: int) -> None:
         front = module.get_submodule(spec.front_end)
         if any(p.requires_grad for p in front.parameters()):
             raise FedxrayError(f"{spec.name}: the front end {spec.front_end!r} must be frozen")
+        if augment:
+            raise FedxrayError(
+                f"{spec.name} trains its head on features computed once per image: it cannot "
+                "augment the images",
+                hint="augmentation is for the models that train on the images (the CNNs)",
+                option="augment",
+            )
+    head = getattr(module, "head", None)
+    if centering and not (hasattr(head, "embed") and hasattr(head, "center")):
+        raise FedxrayError(
+            f"{spec.name} has no center to release: centering is for a linear head on a "
+            "fixed front end (scatter-linear)",
+            hint="create the plan without centering",
+            option="centering",
+        )
 
 
 def default_image_size(arch: str) -> int:

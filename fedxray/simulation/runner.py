@@ -25,13 +25,8 @@ from fedxray.errors import FedxrayError
 from fedxray.filenames import averaged_file, round_file
 from fedxray.fsio import Undo, make_folder, read_input, write_atomic
 from fedxray.plan import Plan, load_plan
-from fedxray.settings import (
-    DEFAULT_CLASSES,
-    OPTIONS,
-    FederationSettings,
-    option_default,
-    settings_from_options,
-)
+from fedxray.settings import DEFAULT_CLASSES, OPTIONS, FederationSettings
+from fedxray.settings_options import option_default, settings_from_options
 from fedxray.simulation.courier import INBOX, Courier
 from fedxray.simulation.split import split_sites
 from fedxray.steps.aggregate import aggregate
@@ -46,6 +41,15 @@ COORDINATOR_DIR = "coordinator"
 EVALUATION_DIR = "evaluation"
 SITES_DIR = "sites"
 FEDERATION_NAME = "simulation"
+
+
+def site_round_seed(run_seed: int, site_index: int, round_number: int) -> int:
+    """A site's training seed for one round, derived from the run's seed: independent across
+    sites and rounds (one shared seed would give every site the SAME DP noise, which then
+    does not average out) and the same on every rerun of the run."""
+    entropy = [int(run_seed), int(site_index), int(round_number)]
+    words = np.random.SeedSequence(entropy).generate_state(2, np.uint32)
+    return int(words[0]) << 32 | int(words[1])
 
 
 def default_sample_data() -> Path | None:
@@ -65,18 +69,20 @@ class SimulationConfig:
     drops: dict[int, set[str]] = field(default_factory=dict)  # round -> dropped site names
     skew: float | None = None
     seed: int = 0
-    # Tuned on the bundled sample data (a few hundred images): a ~6k-parameter CNN at 32 px
-    # learns well above chance under DP at epsilon 8 in about a minute of training.
-    model: str = "tinycnn"
-    image_size: int = 32
-    local_epochs: int = 5
-    # The plan's own defaults for the rest.
-    rounds: int = option_default("rounds")
+    # The plan's own defaults, the same as `fedxray init`'s: None where they depend on the
+    # model (fedxray.settings_options.PER_MODEL), which then sets them.
+    model: str = option_default("model")
+    image_size: int | None = None
+    local_epochs: int | None = None
+    rounds: int | None = None
+    lr: float | None = None
+    full_batch: bool | None = None
+    bias_lr: float | None = None
+    centering: bool | None = None
     strict: bool = option_default("strict")
     epsilon: float = option_default("epsilon")
     delta: float = option_default("delta")
     batch_size: int = option_default("batch_size")
-    lr: float = option_default("lr")
     clip_norm: float = option_default("clip_norm")
     min_sites: int = option_default("min_sites")
     server_opt: str = option_default("server_opt")
@@ -139,6 +145,9 @@ class Simulation:
         options = {k: getattr(cfg, k) for k in OPTIONS if hasattr(cfg, k)}
         settings = settings_from_options(**options, allow_no_dp=not cfg.dp)
         settings.check(cfg.sites)
+        self.image_size = settings.model.image_size
+        self.total_rounds = settings.training.rounds
+        self.centring = settings.training.centering  # round 1 releases the mean feature
         return settings
 
     def _prepare_folders(self, undo: Undo) -> None:
@@ -174,7 +183,7 @@ class Simulation:
         secret = hashlib.sha256(f"fedxray-simulation/{cfg.seed}".encode()).digest()
         shard, _ = prepare(
             [data],
-            image_size=cfg.image_size,
+            image_size=self.image_size,
             classes=DEFAULT_CLASSES,
             secret=secret,
             workers=cfg.workers,
@@ -209,7 +218,7 @@ class Simulation:
             else:
                 shard, _ = prepare(
                     source,
-                    image_size=cfg.image_size,
+                    image_size=self.image_size,
                     classes=DEFAULT_CLASSES,
                     secret=site_secret(ident),
                     workers=cfg.workers,
@@ -225,7 +234,7 @@ class Simulation:
         # Held-out evaluation data lives with an evaluation party, never with the coordinator.
         if not isinstance(held, Shard):
             held, _ = prepare(
-                held, image_size=cfg.image_size, classes=DEFAULT_CLASSES, workers=cfg.workers
+                held, image_size=self.image_size, classes=DEFAULT_CLASSES, workers=cfg.workers
             )
         write_shard(self.eval_dir / "test.shard", held)
         # Coordinator: init from the cards it received.
@@ -245,7 +254,8 @@ class Simulation:
         seconds = {"train": 0.0, "mask": 0.0, "aggregate": 0.0, "reveal": 0.0, "unmask": 0.0}
         site_info: dict[str, dict] = {}
         masked_files = []
-        self.emit("round-start", {"round": r, "sites": self.site_names, "dropped": dropped})
+        start = {"round": r, "sites": self.site_names, "dropped": dropped}
+        self.emit("round-start", {**start, "centring": self.centring and r == 1})
         for name in self.site_names:
             site_info[name], masked = self._site_round(name, r, name in dropped, seconds)
             if masked is not None:
@@ -290,7 +300,7 @@ class Simulation:
             files=SiteFiles.beside_key(folder / f"{name}.key"),  # SITE.ledger, SITE.record
             dp=self.cfg.dp,
             device=self.cfg.device,
-            seed=self.cfg.seed * 1000 + r,
+            seed=site_round_seed(self.cfg.seed, self.site_names.index(name), r),
             progress=lambda done, total: self.emit(
                 "training", {"round": r, "site": name, "done": done, "total": total}
             ),
@@ -374,7 +384,7 @@ class Simulation:
         t_start = time.perf_counter()
         self.setup()
         self.courier.carry(self.plan_path, self.eval_dir)
-        for r in range(1, self.cfg.rounds + 1):
+        for r in range(1, self.total_rounds + 1):
             self.run_round(r)
         final_model = self.eval_dir / INBOX / self._final_model_name()
         final = self.evaluate(final_model, n_boot=self.cfg.bootstrap)
@@ -393,7 +403,7 @@ class Simulation:
 
     def _final_model_name(self) -> str:
         """The published final model: the last global model, or the average of the last K."""
-        name = round_file("model", self.cfg.rounds + 1)
+        name = round_file("model", self.total_rounds + 1)
         return averaged_file(name) if self.cfg.average_last > 1 else name
 
     def _canary_audit(self) -> dict:

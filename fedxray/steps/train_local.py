@@ -16,6 +16,7 @@ from fedxray.filenames import round_file
 from fedxray.fsio import check_writable, input_name, read_input, write_atomic
 from fedxray.keys import PrivateIdentity
 from fedxray.modelfile import load_model_artifact, require_iterate
+from fedxray.models.registry import get_spec
 from fedxray.plan import Plan
 from fedxray.steps.shared import Party
 from fedxray.steps.site_memory import SiteFiles, check_ledger, remember
@@ -121,6 +122,7 @@ def train_local(
         seed=seed,
         dp=dp,
         checkpoint_dir=files.checkpoints,
+        features_dir=files.features,
         progress=progress,
         before_spending=lambda site: remember(files, site),
     )
@@ -174,8 +176,7 @@ def train_file(
     train with it and return None (fedxray.training.ranks)."""
     world = distributed.join(options.get("device", "cpu"))
     if world.distributed:
-        if not options.get("dp", True):
-            raise FedxrayError("training without DP runs in one process", option="nproc", value=1)
+        check_processes(me.plan, options.get("dp", True), world.size)
         options["device"] = str(world.device)
         if not world.leader:
             follow_round(read_shard(shard), world.device)
@@ -187,6 +188,23 @@ def train_file(
     except BaseException:
         ranks.abort()  # the other ranks stop with rank 0 (when they wait for it)
         raise
+
+
+def check_processes(plan: Plan, dp: bool, processes: int) -> None:
+    """Refuse what several processes cannot share: training without DP, and a head trained
+    on a fixed front end's cached features (a fraction of a second per step in one process,
+    where the features are computed and cached)."""
+    if processes <= 1:
+        return
+    if not dp:
+        raise FedxrayError("training without DP runs in one process", option="nproc", value=1)
+    if get_spec(plan.settings.model.arch).front_end is not None:
+        raise FedxrayError(
+            f"model {plan.settings.model.arch} trains its head on cached features: it runs in "
+            "one process",
+            option="nproc",
+            value=1,
+        )
 
 
 def _train_file(model: Path, shard: Path, me: Party, *, output, ledger, force, seed, **options):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from fedxray.errors import FedxrayError
 from fedxray.fsio import exclusive_lock, write_atomic
-from fedxray.settings import option_default
+from fedxray.settings_options import option_default
 from fedxray.training import accounting
 
 FORMAT = "fedxray-privacy-ledger"

@@ -24,13 +24,15 @@ from fedxray import distributed
 from fedxray.data.shard import Shard
 from fedxray.devices import resolve_device
 from fedxray.errors import FedxrayError, ProtocolRefusal
+from fedxray.models.frontend import FrontEndModel
 from fedxray.models.registry import build_model, get_spec, load_numpy_state, state_to_numpy
-from fedxray.training import budget, checkpoint, ranks, replay
+from fedxray.training import budget, centering, checkpoint, ranks, replay
 from fedxray.training.augment import augment, skip_augment
 from fedxray.training.averaging import attach_ema, averaged_state
 from fedxray.training.dp_engine import DPEngine, NoiseGenerator, PrivateOptimizer
+from fedxray.training.features import shard_features
 from fedxray.training.ledger import DONE, Ledger, SiteLedger, ledger_lock
-from fedxray.training.sampling import plan_sampling
+from fedxray.training.sampling import PATIENT, plan_sampling
 from fedxray.training.settings import TrainSettings
 
 Progress = Callable[[int, int], None]
@@ -67,6 +69,7 @@ def train_round(
     seed: int | None = None,
     dp: bool = True,
     checkpoint_dir: str | Path | None = None,
+    features_dir: str | Path | None = None,
     progress: Progress | None = None,
     federation_name: str | None = None,
     before_spending: Callable[[SiteLedger], None] | None = None,
@@ -78,6 +81,7 @@ def train_round(
     a seed known outside the site makes the noise public) derived from it. A rerun after a
     crash replays unfinished epochs with their recorded seeds and counts them once.
     ``before_spending`` is called with the ledger before the run counts anything.
+    A model with a fixed front end trains on the shard's features, cached in ``features_dir``.
     Raises BudgetExceededError (nothing trained, nothing written) when this round would take
     the federation's epsilon past its target or local cap, or the site's total past its budget.
     """
@@ -86,11 +90,16 @@ def train_round(
     dev = resolve_device(device)
     weights = _class_weights(settings, shard, dp)
     sampling = plan_sampling(shard, settings, dp)
-    total_epochs, epoch_steps = settings.local_epochs, sampling.steps_per_epoch
+    statistics = centering.is_statistics_round(settings, round_number)
     with ledger_lock(ledger_path):
         ledger = Ledger.load(ledger_path, federation_id)
         ledger.name = ledger.name or federation_name
         sigma = budget.noise_multiplier(ledger, settings, sampling, round_number, dp)
+        if statistics:  # one release of the mean feature, not training (training/centering)
+            sampling = centering.release_sampling(sampling)
+            sigma = settings.centering_sigma if dp else None
+        total_epochs = 1 if statistics else settings.local_epochs
+        epoch_steps = sampling.steps_per_epoch
         model = build_model(settings.arch, settings.image_size, len(settings.classes))
         load_numpy_state(model, global_state)
         model.to(dev)
@@ -122,7 +131,15 @@ def train_round(
             resume.make_folder()
         if done < total_epochs or not ledger.round_finished(round_number):
             _open_for_spending(ledger, before_spending)
-        epoch_runner = _Epochs(model, optimizer, shard, settings, sampling, sigma, weights, dev)
+        feats = None
+        if isinstance(model, FrontEndModel) and done < total_epochs:
+            feats = shard_features(model.front_end, shard.images, features_dir, dev)
+        if statistics:
+            epoch_runner = centering.Release(model, feats, sampling.sampler, sigma)
+        else:
+            epoch_runner = _Epochs(
+                model, optimizer, shard, settings, sampling, sigma, weights, dev, feats
+            )
         replayed = 0
         for epoch in range(done + 1, total_epochs + 1):
             first = (epoch - 1) * epoch_steps
@@ -265,7 +282,12 @@ def _class_weights(settings: TrainSettings, shard: Shard, dp: bool) -> torch.Ten
 
 # -- model and optimiser state ------------------------------------------------------------
 def _optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+    params: list = [p for p in model.parameters() if p.requires_grad]
+    if settings.bias_lr:  # a group of its own for the biases (the plan's bias_lr)
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        biases = [p for n, p in named if n.rpartition(".")[2] == "bias"]
+        others = [p for n, p in named if n.rpartition(".")[2] != "bias"]
+        params = [{"params": others}, {"params": biases, "lr": settings.bias_lr}]
     if settings.optimizer == "adam":
         return torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
     return torch.optim.SGD(
@@ -275,18 +297,24 @@ def _optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimiz
 
 # -- epochs -----------------------------------------------------------------------------------
 class _Batches:
-    """Turns image indices into model inputs (the model's input view, augmented) and labels."""
+    """Turns image indices into model inputs (the model's input view, augmented) and labels.
 
-    def __init__(self, shard, device, generator, settings):
+    A model with a fixed front end (FrontEndModel) trains its head on the shard's features,
+    computed once (``features``) and never augmented."""
+
+    def __init__(self, shard, device, generator, settings, features=None):
         self.shard, self.device, self.generator = shard, device, generator
         self.labels = torch.from_numpy(np.asarray(shard.labels, dtype=np.int64))
         self.autocast = device.type == "cuda"
         self.view = get_spec(settings.arch).input_view(1)
+        self.features = features
 
     def __call__(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = np.sort(idx)
-        jitter = None if self.generator is None else lambda x: augment(x, self.generator)
-        x = self.view(self.shard.images[idx], self.device, jitter)
+        if self.features is not None:
+            x = torch.from_numpy(self.features[idx]).to(self.device)
+        else:
+            jitter = None if self.generator is None else lambda x: augment(x, self.generator)
+            x = self.view(self.shard.images[idx], self.device, jitter)
         return x, self.labels[idx].to(self.device)
 
     def skip(self, count: int) -> None:
@@ -295,10 +323,11 @@ class _Batches:
             skip_augment(self.generator, count)
 
     def forward(self, model, x):
+        net = model.head if self.features is not None else model
         if self.autocast:  # mixed precision on GPU only
             with torch.autocast("cuda", dtype=torch.bfloat16):
-                return model(x)
-        return model(x)
+                return net(x)
+        return net(x)
 
 
 def _losses(logits, y, weights) -> torch.Tensor:
@@ -312,9 +341,11 @@ class _Epochs:
     """Runs one epoch at a time: the loop of ordinary training, with the private step (or a
     plain one) and each epoch's randomness drawn from its own seeds."""
 
-    def __init__(self, model, optimizer, shard, settings, sampling, sigma, weights, device):
+    def __init__(self, model, optimizer, shard, settings, sampling, sigma, weights, device,
+                 features=None):  # fmt: skip
         self.model, self.shard, self.settings, self.sampling = model, shard, settings, sampling
         self.weights, self.device, self.dp = weights, device, sigma is not None
+        self.features = features
         self.optimizer = self.inner = optimizer
         if self.dp:
             self.optimizer = PrivateOptimizer(
@@ -336,7 +367,7 @@ class _Epochs:
     def _run(self, seed: str, step_done: Callable[[int], None]) -> float:
         rng, s_aug, s_noise = replay.epoch_streams(seed)
         jitter = torch.Generator().manual_seed(s_aug) if self.settings.augment else None
-        batches = _Batches(self.shard, self.device, jitter, self.settings)
+        batches = _Batches(self.shard, self.device, jitter, self.settings, self.features)
         self.model.train()
         steps = self.sampling.steps_per_epoch
         if not self.dp:
@@ -361,23 +392,33 @@ class _Epochs:
 def _dp_epoch(
     model, optimizer, batches, sampler, rng, *, q, steps, physical, weights, step_done
 ) -> float:
-    """Poisson-sampled private steps; the batch is processed ``physical`` examples at a time."""
+    """Poisson-sampled private steps; the batch is processed about ``physical`` examples at
+    a time, never splitting a unit (a patient's images are clipped together)."""
     total, count = 0.0, 0
+    grouped = sampler.unit == PATIENT
+    if batches.features is not None:
+        physical = max(physical, 4096)  # a head on features: large chunks are cheap
     for i in range(steps):
         idx = sampler.sample(rng, q)
         optimizer.zero_grad()
-        for start in range(0, len(idx), physical):
-            # Under torchrun each rank takes its share of the batch, and skips the others'
+        for chunk in sampler.chunks(idx, physical):
+            # Under torchrun each rank takes its share of whole units and skips the others'
             # augmentation draws: the same images and jitter as in one process.
-            mine, before, after = ranks.share_step(np.sort(idx[start : start + physical]))
+            part, before, after = ranks.share_step(chunk, sampler.unit_of[chunk])
             batches.skip(before)
-            if len(mine):
-                x, y = batches(mine)
+            if len(part):
+                x, y = batches(part)
+                groups, scale = sampler.grouping(part) if grouped else (None, None)
+
+                def forward(x=x, y=y, scale=scale):
+                    loss = _losses(batches.forward(model, x), y, weights)
+                    return loss if scale is None else loss * torch.from_numpy(scale).to(loss)
+
                 losses = optimizer.backward(
-                    lambda x=x, y=y: _losses(batches.forward(model, x), y, weights)
+                    forward, None if groups is None else torch.from_numpy(groups)
                 )
                 total += float(losses.sum())
-                count += len(y)
+                count += len(y) if scale is None else int(groups.max()) + 1
             batches.skip(after)
         optimizer.step()
         step_done(i + 1)

@@ -74,10 +74,17 @@ def _cpu(tensors: dict) -> dict:
     return {k: v.detach().cpu() for k, v in tensors.items()}
 
 
-def share_step(idx: np.ndarray) -> tuple[np.ndarray, int, int]:
-    """This rank's share of a batch ``idx`` of a step (one entry per sampled privacy unit,
-    so a unit is never split): (its entries, how many come before it, how many after).
-    The counts let a rank advance the augmentation stream past the others' draws."""
+def share_step(idx: np.ndarray, unit_of: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """This rank's share of a chunk ``idx`` of a step's image indices, whole privacy units
+    only (``unit_of``: each entry's unit; a unit's images are consecutive), so per-unit
+    clipping is exactly that of one process: (its entries, how many entries come before it,
+    how many after). The counts let a rank advance the augmentation stream past the others'
+    draws."""
     world = distributed.world()
-    part = world.share(len(idx))
-    return idx[part], part.start, len(idx) - part.stop
+    if not world.distributed:
+        return idx, 0, 0
+    starts = np.flatnonzero(np.r_[True, unit_of[1:] != unit_of[:-1]]) if len(idx) else []
+    bounds = np.r_[starts, len(idx)].astype(int)
+    part = world.share(len(starts))
+    lo, hi = int(bounds[part.start]), int(bounds[part.stop])
+    return idx[lo:hi], lo, len(idx) - hi

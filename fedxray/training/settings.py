@@ -37,8 +37,14 @@ class TrainSettings:
     # Per-class loss weights from the plan (public), None, or "balanced" (from local class
     # counts: a non-private statistic, so only allowed for --no-dp baselines).
     class_weights: tuple[float, ...] | str | None = None
-    augment: bool = True
+    augment: bool = False
     ema_decay: float = 0.0  # the update is the EMA of the local iterates (0: the last one)
+    full_batch: bool = False  # every unit every step (q = 1, one step per local epoch)
+    bias_lr: float = 0.0  # learning rate of the bias vectors; 0: lr
+    # Round 1 releases the mean feature (noise centering_sigma under DP) into the model's
+    # ``center`` instead of training (fedxray.training.centering).
+    centering: bool = False
+    centering_sigma: float = 5.0
     physical_batch_size: int = 64  # memory bound only: does not change the maths
 
     def __post_init__(self):
@@ -65,6 +71,12 @@ class TrainSettings:
                 raise bad(f"{name} must be a positive number, got {v!r}")
         if not 0 < self.delta < 1:
             raise bad(f"delta must be in (0, 1), got {self.delta!r}")
+        if not (math.isfinite(self.centering_sigma) and self.centering_sigma > 0):
+            raise bad(f"centering_sigma must be a positive number, got {self.centering_sigma!r}")
+        if self.centering and self.rounds < 2:
+            raise bad("centering takes round 1: the plan needs at least 2 rounds")
+        if not (math.isfinite(self.bias_lr) and self.bias_lr >= 0):
+            raise bad(f"bias_lr must be a number >= 0, got {self.bias_lr!r}")
         if not 0 <= self.momentum < 1 or self.weight_decay < 0:
             raise bad("momentum must be in [0, 1) and weight_decay >= 0")
         if self.optimizer not in OPTIMIZERS:
@@ -93,10 +105,11 @@ class TrainSettings:
         known = {f.name for f in dataclasses.fields(cls)}
         values: dict = {"classes": plan.classes, "local_epsilon_cap": local_epsilon_cap}
         for section in ("model", "training", "dp"):
-            for name, value in getattr(plan, section).to_dict().items():
-                name = _FROM_PLAN.get(f"{section}.{name}", name)
+            part = getattr(plan, section)
+            for f in dataclasses.fields(part):  # every field: to_dict leaves some defaults out
+                name = _FROM_PLAN.get(f"{section}.{f.name}", f.name)
                 if name in known:
-                    values[name] = value
+                    values[name] = getattr(part, f.name)
         return cls(**values)
 
     @property
