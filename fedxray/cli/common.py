@@ -155,7 +155,9 @@ def start(quiet: bool, json_out: bool, *outputs: Path | str | None) -> Ui:
 
 # The plan settings that commands take as options (fedxray.settings.OPTIONS), with their help.
 PLAN_OPTIONS = {
-    "model": "Model: smallcnn, tinycnn or resnet18 (or a plug-in's).",
+    "model": "Model: smallcnn, tinycnn, resnet18, resnet18-frozen or densenet121-frozen "
+    "(a linear head on a frozen pretrained network: give its weights with --init), or a "
+    "plug-in's.",
     "image_size": "Input size in pixels.",
     "classes": "Comma-separated class names.",
     "rounds": "Number of federated rounds.",
