@@ -76,6 +76,9 @@ def test_both_formats_import_the_same_backbone_and_drop_the_head(files, name):
     b = pretrained.import_backbone(d / f"{name}.safetensors", name)
     assert a.digest == b.digest == pretrained.tensor_digest(b.tensors)
     assert a.file_sha256 == hashlib.sha256((d / f"{name}.pth").read_bytes()).hexdigest()
+    named = d / f"{name}-{a.file_sha256[:8]}.pth"  # torchvision's naming: a hash prefix
+    named.write_bytes((d / f"{name}.pth").read_bytes())
+    assert pretrained.import_backbone(named, name).digest == a.digest
     assert set(a.tensors) == set(pretrained.expected_layout(name))
     assert not any(k.startswith(pretrained.HEADS[name]) for k in a.tensors)
     if name == "densenet121":
@@ -149,6 +152,8 @@ def _bad_files(d, src, nets):
     nan[0] = float("nan")
     torch.save({**state, "layer1.0.bn1.running_var": nan}, d / "nan.pth")
     bad["nan"] = ("nan.pth", "non-finite")
+    (d / "resnet18-f37072fd.pth").write_bytes((src / "resnet18.pth").read_bytes())
+    bad["name hash"] = ("resnet18-f37072fd.pth", "does not start with f37072fd")
     (d / "weights.bin").write_bytes(b"x")
     bad["suffix"] = ("weights.bin", ".pth or .safetensors")
     return bad
@@ -187,6 +192,7 @@ def test_init_and_one_dp_round_carry_only_the_head(files, tmp_path):
     assert m["backbone_file_sha256"] == original.file_sha256
     v = run_cli("verify", model, "--plan", plan, "--json")
     assert v.code == 0, v.err
+    assert json.loads(v.out)["backbone_sha256"] == original.digest
     assert set(parse_unverified(model.read_bytes())[0].tensors) == {"head.weight", "head.bias"}
     key = tmp_path / "hosp-a.key"
     r = run_cli("prep", REPO / "sample_data" / "hospital-c", "-o", tmp_path / "a.shard",

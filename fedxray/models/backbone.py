@@ -34,7 +34,7 @@ SUFFIX = "-frozen"  # resnet18-frozen, densenet121-frozen
 FEATURES = {"resnet18": 512, "densenet121": 1024}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-_MEMO_ITEMS = 200_000  # features kept per front end (512 floats each for ResNet-18)
+_MEMO_ITEMS = 50_000  # features kept per front end: 100 MB for ResNet-18, 200 for DenseNet
 
 _store: dict[str, dict[str, np.ndarray]] = {}  # digest -> verified backbone tensors
 _lock = threading.Lock()
@@ -198,8 +198,9 @@ def build_weighted(
 
 class UnitImageInput:
     """The input view of the frozen-backbone models: [N, 1, H, W] in [0, 1] (the front end
-    normalises for its weights). Augmentation, when the plan asks for it, applies as usual;
-    augmented images are new images to the front end (no cache hit)."""
+    normalises for its weights). It ignores augmentation: the features of an image are
+    computed once and reused, which a fresh random jitter at every step would defeat (and
+    the frozen network's features are meant to be robust to small shifts already)."""
 
     def __init__(self, channels: int = 1):
         if channels != 1:
@@ -211,5 +212,4 @@ class UnitImageInput:
             raise FedxrayError(
                 f"images must be uint8 or uint16 [N, H, W], got {arr.dtype} {list(arr.shape)}"
             )
-        x = to_unit_range(arr).to(device, non_blocking=True)
-        return x if augment is None else augment(x)
+        return to_unit_range(arr).to(device, non_blocking=True)

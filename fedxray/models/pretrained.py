@@ -37,6 +37,7 @@ _SUFFIXES = (".pth", ".pt", ".safetensors")
 _OLD_DENSENET = re.compile(
     r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
 )
+_NAME_HASH = re.compile(r"-([0-9a-f]{8,64})\.(?:pth|pt|safetensors)$")
 _HINT = "use torchvision's state dict for {name} (e.g. its published ImageNet weights)"
 
 
@@ -98,9 +99,23 @@ def import_backbone(path: str | Path, name: str) -> Backbone:
         raise FedxrayError(f"unknown backbone {name!r}", hint=f"choose {', '.join(BACKBONES)}")
     path = Path(path)
     data = read_input(path, "pretrained weights")
+    file_sha256 = hashlib.sha256(data).hexdigest()
+    _check_name_hash(path, file_sha256)
     raw = _read_state(data, path)
     tensors = validate_state(raw, name, str(path))
-    return Backbone(name, tensors, tensor_digest(tensors), hashlib.sha256(data).hexdigest())
+    return Backbone(name, tensors, tensor_digest(tensors), file_sha256)
+
+
+def _check_name_hash(path: Path, file_sha256: str) -> None:
+    """torchvision names its files NAME-<first hex digits of their SHA-256>.pth (and torch.hub
+    checks that when it downloads): a file so named must have that hash."""
+    m = _NAME_HASH.search(path.name)
+    if m and not file_sha256.startswith(m.group(1)):
+        raise FedxrayError(
+            f"{path}: its SHA-256 {file_sha256[:16]}... does not start with {m.group(1)} as "
+            "its name says (damaged or incomplete download)",
+            hint="download it again and compare its SHA-256",
+        )
 
 
 def _read_state(data: bytes, path: Path) -> dict:

@@ -178,6 +178,7 @@ def verify_file(
         details = {
             "coordinator_fingerprint": plan.coordinator.fingerprint,
             "sites": plan.site_names,
+            **_backbone_details(plan),
         }
         if fingerprint and fingerprint.lower() != plan.coordinator.fingerprint:
             raise VerificationError(
@@ -211,5 +212,15 @@ def verify_file(
         art.header.sender,
         art.header.round,
         f"valid {art.header.kind} from {art.header.sender}, round {art.header.round}",
-        {"federation": plan.name, "file_sha256": art.digest, "parent": art.header.parent},
-    )
+        {"federation": plan.name, "file_sha256": art.digest, "parent": art.header.parent,
+         **_backbone_details(plan)},
+    )  # fmt: skip
+
+
+def _backbone_details(plan) -> dict:
+    """A frozen-backbone plan names its pretrained weights (verified with the plan)."""
+    m = plan.settings.model
+    if not m.backbone_sha256:
+        return {}
+    return {"backbone": m.arch, "backbone_sha256": m.backbone_sha256,
+            "backbone_file_sha256": m.backbone_file_sha256}  # fmt: skip
