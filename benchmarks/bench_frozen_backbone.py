@@ -54,16 +54,18 @@ def main() -> None:
         params = sum(torch.Size(s).numel() for s in expected_layout(name).values())
         for size in map(int, args.sizes.split(",")):
             x = torch.rand(args.batch, 1, size, size)
-            fps = per_second(front.compute, x, args.seconds)
+            fps = per_second(front, x, args.seconds)
             ref = build_model("smallcnn", max(size, 8), 3, seed=0).eval()
             with torch.no_grad():
                 ref_fps = per_second(ref, (x - 0.5) / 0.25, args.seconds)
-            rows.append({"backbone": name, "parameters": params, "image_size": size,
-                         "features_per_s": round(fps, 1), "smallcnn_forward_per_s":
-                         round(ref_fps, 1), "ratio_to_smallcnn": round(fps / ref_fps, 3)})  # fmt: skip
+            row = {"backbone": name, "parameters": params, "image_size": size}
+            row["features_per_s"] = round(fps, 1)
+            row["smallcnn_forward_per_s"] = round(ref_fps, 1)
+            row["ratio_to_smallcnn"] = round(fps / ref_fps, 3)
+            rows.append(row)
             print(json.dumps(rows[-1]), flush=True)
-    print(json.dumps({"machine": platform.processor() or platform.machine(),
-                      "threads": args.threads, "batch": args.batch, "torch": torch.__version__}))  # fmt: skip
+    machine = platform.processor() or platform.machine()
+    print(json.dumps({"machine": machine, "threads": args.threads, "batch": args.batch}))
 
 
 if __name__ == "__main__":

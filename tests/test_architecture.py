@@ -12,7 +12,7 @@ from tests.conftest import REPO
 PACKAGE = REPO / "fedxray"
 MAX_LINES = 450
 # The only imports that may wait until a function runs: importing them costs seconds.
-HEAVY = ("torch", "torchvision", "opacus", "matplotlib", "pydicom")
+HEAVY = ("torch", "torchvision", "opacus", "matplotlib", "pydicom", "kymatio")
 
 
 def _module_name(path: Path) -> str:

@@ -18,7 +18,8 @@ from fedxray.models import (
 )
 
 # Small inputs keep the suite fast; default sizes are exercised by the benchmark.
-SMALL = {"smallcnn": 16, "tinycnn": 16, "resnet18": 32}
+SMALL = {"smallcnn": 16, "tinycnn": 16, "resnet18": 32, "scatter-linear": 32}
+ZERO_INIT = {"scatter-linear"}  # a linear head starts at zero: the seed changes nothing
 
 
 def test_registry_lists_both_models():
@@ -52,8 +53,10 @@ def test_forward_shape_and_layout(arch):
     for name, (shape, dtype) in layout.items():
         assert state[name].shape == shape
         assert state[name].dtype == np.dtype(dtype) == np.float32
-    # The layout does not depend on the input size (adaptive pooling).
-    assert state_layout(arch, 2 * size, 3) == layout
+    # The layout does not depend on the input size (adaptive pooling), except for a linear
+    # head on a feature map that grows with the image.
+    if arch not in ZERO_INIT:
+        assert state_layout(arch, 2 * size, 3) == layout
 
 
 @pytest.mark.parametrize("arch", MODEL_NAMES)
@@ -62,7 +65,7 @@ def test_seed_determines_weights(arch):
     b = state_to_numpy(build_model(arch, SMALL[arch], 2, seed=7))
     c = state_to_numpy(build_model(arch, SMALL[arch], 2, seed=8))
     assert all(np.array_equal(a[k], b[k]) for k in a)
-    assert any(not np.array_equal(a[k], c[k]) for k in a)
+    assert any(not np.array_equal(a[k], c[k]) for k in a) or arch in ZERO_INIT
 
 
 def test_seeded_build_leaves_global_rng_alone():

@@ -21,10 +21,12 @@ from fedxray.models.registry import build_model, state_layout
 from fedxray.plan import create_plan, plan_from_bytes
 from fedxray.settings import ModelSettings
 from fedxray.training.dp_engine import private_layers
+from fedxray.training.features import shard_features
 from tests.cli_helpers import assert_clean_error, make_federation, run_cli
 from tests.conftest import REPO
 
 SIZE = 32  # the smallest input both networks take
+HEAD = {"head.center", "head.linear.weight", "head.linear.bias"}  # what trains and travels
 
 
 def _randomised(name: str) -> torch.nn.Module:
@@ -88,28 +90,32 @@ def test_both_formats_import_the_same_backbone_and_drop_the_head(files, name):
     backbone.register(a.digest, a.tensors)
     model = build_model(f"{name}-frozen@{a.digest}", SIZE, 3)
     x = torch.rand(3, 1, SIZE, SIZE)
-    assert torch.allclose(model.front(x), _features(nets[name], name, x), atol=1e-4)
+    feats = model.front_end(x)
+    assert feats.shape == (3, *model.front_end.output_shape)
+    assert torch.allclose(feats.flatten(1), _features(nets[name], name, x), atol=1e-4)
     # Only the head is trainable, travels, and is clipped by the DP engine.
-    assert set(model.state_dict()) == {"head.weight", "head.bias"}
-    assert [n for n, _ in model.named_parameters()] == ["head.weight", "head.bias"]
-    assert private_layers(model) == [model.head]
-    assert set(state_layout(f"{name}-frozen", SIZE, 3)) == {"head.weight", "head.bias"}
+    assert set(model.state_dict()) == HEAD
+    assert [n for n, _ in model.named_parameters()] == ["head.linear.weight", "head.linear.bias"]
+    assert private_layers(model) == [model.head.linear]
+    assert set(state_layout(f"{name}-frozen", SIZE, 3)) == HEAD
 
 
-def test_front_end_caches_and_stays_fixed_in_train_mode(files):
+def test_the_feature_cache_never_mixes_two_backbones(files, tmp_path):
     d, _ = files
-    b = pretrained.import_backbone(d / "resnet18.pth", "resnet18")
-    backbone.register(b.digest, b.tensors)
-    model = build_model(f"resnet18-frozen@{b.digest}", SIZE, 2).train()
-    x = torch.rand(4, 1, SIZE, SIZE)
-    calls = []
-    compute = model.front.compute
-    model.front.compute = lambda t: calls.append(len(t)) or compute(t)
-    first = model.front(x)
-    again = model.front(torch.cat([x[2:], torch.rand(1, 1, SIZE, SIZE)]))
-    assert calls == [4, 1]  # the two images seen before were not run again
-    assert torch.equal(again[:2], first[2:])
-    assert not model.front.body.training
+    a = pretrained.import_backbone(d / "resnet18.pth", "resnet18")
+    other = dict(a.tensors, **{"conv1.weight": a.tensors["conv1.weight"] * 2})
+    b_digest = pretrained.tensor_digest(other)
+    backbone.register(a.digest, a.tensors)
+    backbone.register(b_digest, other)
+    ma = build_model(f"resnet18-frozen@{a.digest}", SIZE, 2).train()
+    mb = build_model(f"resnet18-frozen@{b_digest}", SIZE, 2)
+    assert not ma.front_end.body.training  # fixed, whatever the mode
+    images = np.random.default_rng(0).integers(0, 255, (3, SIZE, SIZE), dtype=np.uint8)
+    fa = shard_features(ma.front_end, images, tmp_path)
+    fb = shard_features(mb.front_end, images, tmp_path)
+    assert len(list(tmp_path.glob("features-*.npy"))) == 2
+    assert not np.allclose(fa, fb)
+    assert np.array_equal(shard_features(ma.front_end, images, tmp_path), fa)
 
 
 def test_weights_that_are_not_loaded_are_an_error():
@@ -193,7 +199,7 @@ def test_init_and_one_dp_round_carry_only_the_head(files, tmp_path):
     v = run_cli("verify", model, "--plan", plan, "--json")
     assert v.code == 0, v.err
     assert json.loads(v.out)["backbone_sha256"] == original.digest
-    assert set(parse_unverified(model.read_bytes())[0].tensors) == {"head.weight", "head.bias"}
+    assert set(parse_unverified(model.read_bytes())[0].tensors) == HEAD
     key = tmp_path / "hosp-a.key"
     r = run_cli("prep", REPO / "sample_data" / "hospital-c", "-o", tmp_path / "a.shard",
                 "--plan", plan, "--key", key, "-q")  # fmt: skip
@@ -203,8 +209,8 @@ def test_init_and_one_dp_round_carry_only_the_head(files, tmp_path):
     assert r.code == 0, r.err
     assert json.loads(r.out)["dp"] is True
     update = parse_unverified((tmp_path / "a.update").read_bytes())[0]
-    assert set(update.tensors) == {"head.weight", "head.bias"}
-    assert any(np.abs(t).max() > 0 for t in update.tensors.values())
+    assert set(update.tensors) == HEAD
+    assert np.abs(update.tensors["head.linear.weight"]).max() > 0
     assert (tmp_path / "a.update").stat().st_size < 100_000  # not 45 MB of frozen weights
     # The backbone the sites used is the imported one, untouched by training.
     used = backbone.weights(original.digest)

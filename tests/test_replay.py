@@ -35,13 +35,21 @@ def crash_at(step):
     return progress
 
 
-def test_interleaved_patients_never_share_a_step():
+def _whole_patients(shard, idx):
+    """Every sampled patient comes with all of their images, side by side."""
+    groups, _ = sampling.UnitSampler(shard, "patient").grouping(idx)
+    for g in np.unique(groups):
+        (who,) = set(shard.patients[idx[groups == g]])
+        assert sorted(idx[groups == g]) == sorted(np.flatnonzero(shard.patients == who))
+    return True
+
+
+def test_interleaved_patients_come_whole_in_a_step():
     shard = interleaved_shard()
     sampler = sampling.UnitSampler(shard, "patient")
     rng = np.random.default_rng(0)
     for _ in range(300):
-        idx = sampler.sample(rng, 0.6)
-        assert len(set(shard.patients[idx])) == len(idx)  # one image per sampled patient
+        assert _whole_patients(shard, sampler.sample(rng, 0.6))
 
 
 def test_interleaved_patients_in_a_training_round(tmp_path, monkeypatch):
@@ -57,7 +65,7 @@ def test_interleaved_patients_in_a_training_round(tmp_path, monkeypatch):
     run(tmp_path, settings(batch_size=12), shard=shard, checkpoint_dir=None)
     assert len(steps) == 2 * 2 and sum(map(len, steps)) > 20
     for idx in steps:
-        assert len(set(shard.patients[idx])) == len(idx)
+        assert _whole_patients(shard, idx)
 
 
 def test_no_dp_round_after_dp_rounds_makes_epsilon_infinite(tmp_path):

@@ -13,13 +13,16 @@ DP engine and the optimiser never see them) nor part of ``state_dict`` (updates,
 masked files and checkpoints carry the head only). The weights reach a site inside the
 coordinator-signed plan; :func:`register` makes them available to model building by their
 digest, which the model's id names (``resnet18-frozen@<sha256>``).
+
+It is a fixed front end in the sense of fedxray.models.frontend (like the scattering
+transform): training computes its features once per shard into the site's feature cache
+(fedxray.training.features, keyed by the weights' digest) and trains scatter-linear's
+normalised linear head on them.
 """
 
 from __future__ import annotations
 
-import hashlib
 import threading
-from collections import OrderedDict
 from collections.abc import Mapping
 
 import numpy as np
@@ -27,14 +30,14 @@ import torch
 from torch import nn
 
 from fedxray.errors import FedxrayError, VerificationError
-from fedxray.models.inputs import _PIXEL_TYPES, Augment, to_unit_range
+from fedxray.models.frontend import FixedFrontEnd, FrontEndModel
 from fedxray.models.pretrained import HEADS, tensor_digest, torchvision_model
+from fedxray.models.scatterlinear import NormalisedLinear
 
 SUFFIX = "-frozen"  # resnet18-frozen, densenet121-frozen
 FEATURES = {"resnet18": 512, "densenet121": 1024}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-_MEMO_ITEMS = 50_000  # features kept per front end: 100 MB for ResNet-18, 200 for DenseNet
 
 _store: dict[str, dict[str, np.ndarray]] = {}  # digest -> verified backbone tensors
 _lock = threading.Lock()
@@ -103,14 +106,11 @@ def _freeze(module: nn.Module) -> nn.Module:
     return module
 
 
-class FrozenBackbone(nn.Module):
-    """[B, 1, H, W] images in [0, 1] -> [B, features]: the pretrained network, fixed.
+class FrozenBackbone(FixedFrontEnd):
+    """[B, 1, H, W] images in [0, 1] -> [B, features, 1, 1]: the pretrained network, fixed
+    (grey repeated to 3 channels, ImageNet normalisation, global average pooling)."""
 
-    Features are remembered by the bytes of their input image (a per-process cache), so an
-    image seen again (the next step, epoch or round) is not run through the network again.
-    """
-
-    def __init__(self, name: str, tensors: Mapping[str, np.ndarray] | None):
+    def __init__(self, name: str, tensors: Mapping[str, np.ndarray] | None, digest: str = ""):
         super().__init__()
         net = torchvision_model(name)
         if tensors is not None:  # None: shapes only (a meta-device build)
@@ -125,51 +125,31 @@ class FrozenBackbone(nn.Module):
         else:
             body = nn.Sequential(net.features, nn.ReLU())
         self.name = name
+        self.output_shape = (FEATURES[name], 1, 1)
+        # The features depend on the weights: the feature cache must never mix two backbones.
+        self.key = f"backbone-v1-{name}-{digest or 'unweighted'}"
         self.body = _freeze(body).eval()
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        self._memo: OrderedDict[bytes, torch.Tensor] = OrderedDict()
-
-    @property
-    def num_features(self) -> int:
-        return FEATURES[self.name]
+        self.check_fixed()
 
     def train(self, mode: bool = True) -> FrozenBackbone:
         super().train(mode)
         self.body.eval()  # fixed: nothing in it depends on the mode, but say so
         return self
 
-    def compute(self, x: torch.Tensor) -> torch.Tensor:
-        """The features of a batch, computed (no cache)."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             x = ((x.expand(-1, 3, -1, -1) - self.mean) / self.std).to(self.mean.dtype)
-            return torch.flatten(torch.mean(self.body(x), dim=(2, 3)), 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "meta":
-            return self.compute(x)
-        rows = x.detach().to("cpu", torch.float32).contiguous().numpy()
-        keys = [hashlib.sha256(r.tobytes()).digest() for r in rows]
-        todo = [i for i, k in enumerate(keys) if k not in self._memo]
-        if todo:
-            feats = self.compute(x[todo]).float()
-            for i, f in zip(todo, feats, strict=True):
-                self._memo[keys[i]] = f.detach()
-            while len(self._memo) > _MEMO_ITEMS:
-                self._memo.popitem(last=False)
-        return torch.stack([self._memo[k] for k in keys]).to(x.device)
+            return torch.mean(self.body(x), dim=(2, 3), keepdim=True)
 
 
-class FrozenBackboneClassifier(nn.Module):
-    """The frozen backbone (``front``) and the linear head that trains (``head``)."""
-
-    def __init__(self, name: str, tensors, num_classes: int):
-        super().__init__()
-        self.front = FrozenBackbone(name, tensors)
-        self.head = nn.Linear(self.front.num_features, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.front(x))
+def frozen_backbone_model(
+    name: str, tensors: Mapping[str, np.ndarray] | None, digest: str, num_classes: int
+) -> FrontEndModel:
+    """The frozen backbone and scatter-linear's normalised linear head (only it trains)."""
+    front = FrozenBackbone(name, tensors, digest)
+    return FrontEndModel(front, NormalisedLinear(front.output_shape, num_classes))
 
 
 def build_unweighted(arch: str, num_classes: int, in_channels: int, _size: int) -> nn.Module:
@@ -187,29 +167,10 @@ def build_weighted(
     if in_channels != 1:
         raise FedxrayError(f"{arch} takes greyscale input (it repeats it to 3 channels)")
     if torch.empty(0).device.type == "meta":
-        return FrozenBackboneClassifier(name, None, num_classes)
+        return frozen_backbone_model(name, None, digest or "", num_classes)
     if digest is None:
         raise FedxrayError(
             f"{arch} needs pretrained weights",
             hint="the federation's plan carries them: build the model from the plan",
         )
-    return FrozenBackboneClassifier(name, weights(digest), num_classes)
-
-
-class UnitImageInput:
-    """The input view of the frozen-backbone models: [N, 1, H, W] in [0, 1] (the front end
-    normalises for its weights). It ignores augmentation: the features of an image are
-    computed once and reused, which a fresh random jitter at every step would defeat (and
-    the frozen network's features are meant to be robust to small shifts already)."""
-
-    def __init__(self, channels: int = 1):
-        if channels != 1:
-            raise FedxrayError("frozen-backbone models take greyscale input")
-
-    def __call__(self, images, device="cpu", augment: Augment | None = None) -> torch.Tensor:
-        arr = np.asarray(images)
-        if arr.dtype not in _PIXEL_TYPES or arr.ndim != 3:
-            raise FedxrayError(
-                f"images must be uint8 or uint16 [N, H, W], got {arr.dtype} {list(arr.shape)}"
-            )
-        return to_unit_range(arr).to(device, non_blocking=True)
+    return frozen_backbone_model(name, weights(digest), digest, num_classes)

@@ -15,13 +15,14 @@ from torch import nn
 from fedxray.errors import FedxrayError, VerificationError
 from fedxray.models.backbone import (
     SUFFIX,
-    UnitImageInput,
     backbone_of,
     build_unweighted,
     build_weighted,
     split_model_id,
 )
 from fedxray.models.resnet import resnet18
+from fedxray.models.scatterlinear import UnitImages
+from fedxray.models.scatterlinear import build as build_scatter_linear
 from fedxray.models.smallcnn import SmallCNN
 from fedxray.models.spec import ModelSpec
 
@@ -50,13 +51,25 @@ BUILTIN = (
         image_sizes=(32, 224),
         description="ResNet-18 with GroupNorm (PriMIA's architecture)",
     ),
+    # Fixed wavelet scattering features (no parameters, cached per image) and a linear head:
+    # issue 10's recipe (benchmarks/research/REPORT.md), the default.
+    ModelSpec(
+        "scatter-linear",
+        build_scatter_linear,
+        image_sizes=(32, 128),
+        input_view=UnitImages,
+        front_end="front_end",
+        description="wavelet scattering (J=3, L=8, order 2) and a linear head",
+    ),
+    # A frozen pretrained network (fixed front end) and the same linear head: the backbone's
+    # weights are imported at init and travel in the plan (fedxray.models.backbone).
     *(
         ModelSpec(
             f"{name}{SUFFIX}",
             functools.partial(build_unweighted, f"{name}{SUFFIX}"),
             image_sizes=(32, 128),
-            input_view=UnitImageInput,
-            front_end="front",
+            input_view=UnitImages,
+            front_end="front_end",
             description=f"a linear head on a frozen pretrained {title} "
             "(torchvision weights imported at init)",
         )

@@ -48,6 +48,15 @@ SITES_DIR = "sites"
 FEDERATION_NAME = "simulation"
 
 
+def site_round_seed(run_seed: int, site_index: int, round_number: int) -> int:
+    """A site's training seed for one round, derived from the run's seed: independent across
+    sites and rounds (one shared seed would give every site the SAME DP noise, which then
+    does not average out) and the same on every rerun of the run."""
+    entropy = [int(run_seed), int(site_index), int(round_number)]
+    words = np.random.SeedSequence(entropy).generate_state(2, np.uint32)
+    return int(words[0]) << 32 | int(words[1])
+
+
 def default_sample_data() -> Path | None:
     """The repository's bundled sample_data/ folder, when fedxray runs from a checkout."""
     here = Path(__file__).resolve().parents[2] / "sample_data"
@@ -286,7 +295,7 @@ class Simulation:
             files=SiteFiles.beside_key(folder / f"{name}.key"),  # SITE.ledger, SITE.record
             dp=self.cfg.dp,
             device=self.cfg.device,
-            seed=self.cfg.seed * 1000 + r,
+            seed=site_round_seed(self.cfg.seed, self.site_names.index(name), r),
         )
         seconds["train"] += time.perf_counter() - t0
         write_atomic(folder / round_file("update", r, name), local.update, mode=0o600)

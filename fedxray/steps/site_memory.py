@@ -36,6 +36,7 @@ class SiteFiles:
     ledger: Path
     record: Path
     checkpoints: Path
+    features: Path | None = None  # cached features of a fixed front end (private, 0600)
 
     @classmethod
     def beside_key(cls, key: str | os.PathLike, ledger: str | os.PathLike | None = None):
@@ -46,6 +47,7 @@ class SiteFiles:
             ledger=Path(ledger) if ledger is not None else key.with_name(f"{stem}.ledger"),
             record=key.with_name(f"{stem}.record"),
             checkpoints=key.with_name(f".{stem}-checkpoints"),
+            features=key.with_name(f".{stem}-features"),
         )
 
     @property

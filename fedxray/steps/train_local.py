@@ -116,6 +116,7 @@ def train_local(
         seed=seed,
         dp=dp,
         checkpoint_dir=files.checkpoints,
+        features_dir=files.features,
         progress=progress,
         before_spending=lambda site: remember(files, site),
     )

@@ -15,6 +15,11 @@ pass gives each layer's input activations A and output gradients G; from those:
 
 (This is the "book-keeping" formulation of DP-SGD of Bu et al., 2023.) Supported layers with
 trainable parameters: Conv2d (groups=1), Linear, GroupNorm. Anything else is refused up front.
+
+With ``groups`` (the privacy unit of each example, e.g. its patient), the clipped unit is the
+group: the rows of a group are summed BEFORE the norm (the caller weights each example's loss
+by 1 / its group's size, so a group's gradient is the mean over its examples) and each
+group's gradient is clipped once. Per-group gradients are then formed explicitly per layer.
 """
 
 from __future__ import annotations
@@ -88,12 +93,14 @@ class DPEngine:
         self._records[module] = (inputs[0].detach(), output, output._version)
 
     def clipped_backward(
-        self, forward: Callable[[], torch.Tensor]
+        self, forward: Callable[[], torch.Tensor], groups: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run ``forward`` (returning per-example losses [B]) and set each ``p.grad``.
 
-        After the call, ``p.grad`` holds sum_i clip(g_i) (no noise, no averaging).
-        Returns (per-example losses detached, per-example gradient norms before clipping).
+        After the call, ``p.grad`` holds sum_i clip(g_i) (no noise, no averaging), where i
+        runs over the examples, or with ``groups`` (int64 [B], values 0..G-1) over the groups
+        and g_i is the sum of the group's per-example gradients.
+        Returns (per-example losses detached, per-unit gradient norms before clipping).
         """
         self._records.clear()
         self._armed = True
@@ -110,6 +117,8 @@ class DPEngine:
                 raise FedxrayError(f"{type(m).__name__} output was modified in place")
         outputs = [records[m][1] for m in layers]
         grads = torch.autograd.grad(losses.sum(), outputs, allow_unused=True)
+        if groups is not None:
+            return losses.detach(), self._grouped(layers, records, grads, groups)
         batch = losses.shape[0]
         device = losses.device
         sq_norms = torch.zeros(batch, device=device, dtype=torch.float64)
@@ -129,6 +138,29 @@ class DPEngine:
             if p.requires_grad and p.grad is None:
                 p.grad = torch.zeros_like(p)
         return losses.detach(), norms
+
+    def _grouped(self, layers, records, grads, groups: torch.Tensor) -> torch.Tensor:
+        """Clip per group: each group's summed gradient, clipped once; its norms [G]."""
+        groups = groups.to(grads[0].device if grads else "cpu", torch.int64)
+        count = int(groups.max()) + 1 if groups.numel() else 0
+        per_group: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for m, g in zip(layers, grads, strict=True):
+            a = records[m][0]
+            if g is None:
+                g = torch.zeros_like(records[m][1])
+            for p, value in _group_grads(m, _f32(a), _f32(g), groups, count):
+                per_group.append((p, value))
+        sq = torch.zeros(count, dtype=torch.float64, device=groups.device)
+        for _, value in per_group:
+            sq += value.flatten(1).double().pow(2).sum(1)
+        norms = sq.sqrt()
+        scale = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+        for p, value in per_group:
+            _accumulate(p, torch.tensordot(scale.to(value.dtype), value, dims=1))
+        for p in self.model.parameters():
+            if p.requires_grad and p.grad is None:
+                p.grad = torch.zeros_like(p)
+        return norms
 
     def zero_grad(self) -> None:
         for p in self.model.parameters():
@@ -197,6 +229,40 @@ def _layer_sq_norms(m: nn.Module, a: torch.Tensor, g: torch.Tensor):
         gb = g3.sum(2)
         sq = sq + gb.pow(2).sum(1)
     return sq, (psg, gb)
+
+
+def _group_grads(m, a, g, groups: torch.Tensor, count: int):
+    """(parameter, its per-group gradient [G, *shape]) for each trainable parameter of m."""
+
+    def summed(per_example: torch.Tensor) -> torch.Tensor:
+        out = per_example.new_zeros((count, *per_example.shape[1:]))
+        return out.index_add_(0, groups[: per_example.shape[0]], per_example)
+
+    out = []
+    if isinstance(m, nn.GroupNorm):
+        xhat = F.group_norm(a, m.num_groups, eps=m.eps)
+        out.append((m.weight, summed((g * xhat).reshape(g.shape[0], g.shape[1], -1).sum(2))))
+        out.append((m.bias, summed(g.reshape(g.shape[0], g.shape[1], -1).sum(2))))
+        return out
+    if isinstance(m, nn.Linear):
+        a3 = a.reshape(a.shape[0], -1, a.shape[-1])
+        g3 = g.reshape(g.shape[0], -1, g.shape[-1])
+        weight = a.new_zeros((count, *m.weight.shape))
+        for s in _chunks(a.shape[0], m.weight.numel()):
+            weight.index_add_(0, groups[s], torch.bmm(g3[s].transpose(1, 2), a3[s]))
+        out.append((m.weight, weight))
+        if m.bias is not None:
+            out.append((m.bias, summed(g3.sum(1))))
+        return out
+    # Conv2d: per-example weight gradients, chunk by chunk, summed into their groups.
+    weight = a.new_zeros((count, *m.weight.shape))
+    per_example = a[0].numel() + g[0].numel() + m.weight.numel()
+    for s in _chunks(a.shape[0], per_example):
+        weight.index_add_(0, groups[s], _per_example_conv_grad(m, a[s], g[s]))
+    out.append((m.weight, weight))
+    if m.bias is not None:
+        out.append((m.bias, summed(g.flatten(2).sum(2))))
+    return out
 
 
 def _per_example_conv_grad(m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -319,9 +385,12 @@ class PrivateOptimizer:
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
 
-    def backward(self, forward: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """Run ``forward`` (per-example losses [B]); add the clipped gradients to the sum."""
-        losses, _ = self.engine.clipped_backward(forward)
+    def backward(
+        self, forward: Callable[[], torch.Tensor], groups: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Run ``forward`` (per-example losses [B]); add the clipped gradients to the sum
+        (clipped per group of examples with ``groups``: DPEngine.clipped_backward)."""
+        losses, _ = self.engine.clipped_backward(forward, groups)
         return losses
 
     def step(self) -> None:

@@ -23,12 +23,14 @@ from torch import nn
 from fedxray.data.shard import Shard
 from fedxray.devices import resolve_device
 from fedxray.errors import FedxrayError, ProtocolRefusal
+from fedxray.models.frontend import FrontEndModel
 from fedxray.models.registry import build_model, get_spec, load_numpy_state, state_to_numpy
 from fedxray.training import budget, checkpoint, replay
 from fedxray.training.augment import augment
 from fedxray.training.dp_engine import DPEngine, NoiseGenerator, PrivateOptimizer
+from fedxray.training.features import shard_features
 from fedxray.training.ledger import DONE, Ledger, SiteLedger, ledger_lock
-from fedxray.training.sampling import plan_sampling
+from fedxray.training.sampling import PATIENT, plan_sampling
 from fedxray.training.settings import TrainSettings
 
 Progress = Callable[[int, int], None]
@@ -65,6 +67,7 @@ def train_round(
     seed: int | None = None,
     dp: bool = True,
     checkpoint_dir: str | Path | None = None,
+    features_dir: str | Path | None = None,
     progress: Progress | None = None,
     federation_name: str | None = None,
     before_spending: Callable[[SiteLedger], None] | None = None,
@@ -76,6 +79,7 @@ def train_round(
     a seed known outside the site makes the noise public) derived from it. A rerun after a
     crash replays unfinished epochs with their recorded seeds and counts them once.
     ``before_spending`` is called with the ledger before the run counts anything.
+    A model with a fixed front end trains on the shard's features, cached in ``features_dir``.
     Raises BudgetExceededError (nothing trained, nothing written) when this round would take
     the federation's epsilon past its target or local cap, or the site's total past its budget.
     """
@@ -119,7 +123,12 @@ def train_round(
             resume.make_folder()
         if done < total_epochs or not ledger.round_finished(round_number):
             _open_for_spending(ledger, before_spending)
-        epoch_runner = _Epochs(model, optimizer, shard, settings, sampling, sigma, weights, dev)
+        feats = None
+        if isinstance(model, FrontEndModel) and done < total_epochs:
+            feats = shard_features(model.front_end, shard.images, features_dir, dev)
+        epoch_runner = _Epochs(
+            model, optimizer, shard, settings, sampling, sigma, weights, dev, feats
+        )
         replayed = 0
         for epoch in range(done + 1, total_epochs + 1):
             first = (epoch - 1) * epoch_steps
@@ -260,7 +269,12 @@ def _class_weights(settings: TrainSettings, shard: Shard, dp: bool) -> torch.Ten
 
 # -- model and optimiser state ------------------------------------------------------------
 def _optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+    params: list = [p for p in model.parameters() if p.requires_grad]
+    if settings.bias_lr:  # a group of its own for the biases (the plan's bias_lr)
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        biases = [p for n, p in named if n.rpartition(".")[2] == "bias"]
+        others = [p for n, p in named if n.rpartition(".")[2] != "bias"]
+        params = [{"params": others}, {"params": biases, "lr": settings.bias_lr}]
     if settings.optimizer == "adam":
         return torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
     return torch.optim.SGD(
@@ -270,25 +284,32 @@ def _optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimiz
 
 # -- epochs -----------------------------------------------------------------------------------
 class _Batches:
-    """Turns image indices into model inputs (the model's input view, augmented) and labels."""
+    """Turns image indices into model inputs (the model's input view, augmented) and labels.
 
-    def __init__(self, shard, device, generator, settings):
+    A model with a fixed front end (FrontEndModel) trains its head on the shard's features,
+    computed once (``features``) and never augmented."""
+
+    def __init__(self, shard, device, generator, settings, features=None):
         self.shard, self.device, self.generator = shard, device, generator
         self.labels = torch.from_numpy(np.asarray(shard.labels, dtype=np.int64))
         self.autocast = device.type == "cuda"
         self.view = get_spec(settings.arch).input_view(1)
+        self.features = features
 
     def __call__(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = np.sort(idx)
-        jitter = None if self.generator is None else lambda x: augment(x, self.generator)
-        x = self.view(self.shard.images[idx], self.device, jitter)
+        if self.features is not None:
+            x = torch.from_numpy(self.features[idx]).to(self.device)
+        else:
+            jitter = None if self.generator is None else lambda x: augment(x, self.generator)
+            x = self.view(self.shard.images[idx], self.device, jitter)
         return x, self.labels[idx].to(self.device)
 
     def forward(self, model, x):
+        net = model.head if self.features is not None else model
         if self.autocast:  # mixed precision on GPU only
             with torch.autocast("cuda", dtype=torch.bfloat16):
-                return model(x)
-        return model(x)
+                return net(x)
+        return net(x)
 
 
 def _losses(logits, y, weights) -> torch.Tensor:
@@ -302,9 +323,11 @@ class _Epochs:
     """Runs one epoch at a time: the loop of ordinary training, with the private step (or a
     plain one) and each epoch's randomness drawn from its own seeds."""
 
-    def __init__(self, model, optimizer, shard, settings, sampling, sigma, weights, device):
+    def __init__(self, model, optimizer, shard, settings, sampling, sigma, weights, device,
+                 features=None):  # fmt: skip
         self.model, self.shard, self.settings, self.sampling = model, shard, settings, sampling
         self.weights, self.device, self.dp = weights, device, sigma is not None
+        self.features = features
         self.optimizer = optimizer
         if self.dp:
             self.optimizer = PrivateOptimizer(
@@ -319,7 +342,7 @@ class _Epochs:
         epoch's recorded ``seed`` (replay.epoch_streams)."""
         rng, s_aug, s_noise = replay.epoch_streams(seed)
         jitter = torch.Generator().manual_seed(s_aug) if self.settings.augment else None
-        batches = _Batches(self.shard, self.device, jitter, self.settings)
+        batches = _Batches(self.shard, self.device, jitter, self.settings, self.features)
         self.model.train()
         steps = self.sampling.steps_per_epoch
         if not self.dp:
@@ -343,21 +366,45 @@ class _Epochs:
 def _dp_epoch(
     model, optimizer, batches, sampler, rng, *, q, steps, physical, weights, step_done
 ) -> float:
-    """Poisson-sampled private steps; the batch is processed ``physical`` examples at a time."""
+    """Poisson-sampled private steps; the batch is processed about ``physical`` examples at
+    a time, never splitting a unit (a patient's images are clipped together)."""
     total, count = 0.0, 0
+    grouped = sampler.unit == PATIENT
+    if batches.features is not None:
+        physical = max(physical, 4096)  # a head on features: large chunks are cheap
     for i in range(steps):
         idx = sampler.sample(rng, q)
         optimizer.zero_grad()
-        for start in range(0, len(idx), physical):
-            x, y = batches(idx[start : start + physical])
+        for part in _unit_chunks(sampler, idx, physical):
+            x, y = batches(part)
+            groups, scale = sampler.grouping(part) if grouped else (None, None)
+
+            def forward(x=x, y=y, scale=scale):
+                loss = _losses(batches.forward(model, x), y, weights)
+                return loss if scale is None else loss * torch.from_numpy(scale).to(loss)
+
             losses = optimizer.backward(
-                lambda x=x, y=y: _losses(batches.forward(model, x), y, weights)
+                forward, None if groups is None else torch.from_numpy(groups)
             )
             total += float(losses.sum())
-            count += len(y)
+            count += len(y) if scale is None else int(groups.max()) + 1
         optimizer.step()
         step_done(i + 1)
     return total / max(count, 1)
+
+
+def _unit_chunks(sampler, idx: np.ndarray, physical: int):
+    """Slices of a batch's image indices of about ``physical`` images, whole units each."""
+    if len(idx) == 0:
+        return
+    unit = sampler.unit_of[idx]
+    bounds = np.flatnonzero(np.r_[True, unit[1:] != unit[:-1]])  # where each unit starts
+    start = 0
+    for b in [*bounds[1:], len(idx)]:
+        if b - start >= physical or b == len(idx):
+            if b > start:
+                yield idx[start:b]
+            start = b
 
 
 def _plain_epoch(model, optimizer, batches, rng, *, steps, weights, step_done) -> float:

@@ -1,8 +1,11 @@
 """Poisson sampling of privacy units (patients or images) for DP-SGD steps.
 
-Each step includes every unit independently with probability q, so batch sizes vary. A
-sampled patient contributes exactly ONE of their images (drawn uniformly), so the per-example
-gradient clipping bounds the influence of a whole patient, however many images they have.
+Each step includes every unit independently with probability q (q = 1: full batch, every
+unit every step), so batch sizes vary. A sampled patient contributes ALL of their images as
+one clipped unit: the loss of each image is weighted by 1 / (the patient's images), so the
+patient's gradient is the mean over their images, and the DP engine clips it once
+(DPEngine.clipped_backward with ``groups``). Its influence is bounded by the clip norm,
+however many images the patient has.
 """
 
 from __future__ import annotations
@@ -55,16 +58,33 @@ class UnitSampler:
             self.order = np.arange(n)
             self.counts = np.ones(n, dtype=np.int64)
         self.starts = np.concatenate([[0], np.cumsum(self.counts)[:-1]]).astype(np.int64)
+        self.unit_of = np.empty(n, dtype=np.int64)
+        self.unit_of[self.order] = np.repeat(np.arange(len(self.counts)), self.counts)
 
     @property
     def num_units(self) -> int:
         return int(self.counts.shape[0])
 
     def sample(self, rng: np.random.Generator, q: float) -> np.ndarray:
-        """Image indices of one Poisson batch: at most one image per sampled unit."""
+        """Image indices of one Poisson batch: every image of each sampled unit, unit by unit
+        (a unit's images are consecutive)."""
         chosen = np.flatnonzero(rng.random(self.num_units) < q)
-        pick = (rng.random(chosen.shape[0]) * self.counts[chosen]).astype(np.int64)
-        return self.order[self.starts[chosen] + pick]
+        return self.members(chosen)
+
+    def members(self, units: np.ndarray) -> np.ndarray:
+        """The image indices of ``units``, unit by unit."""
+        if len(units) == 0:
+            return np.zeros(0, dtype=np.int64)
+        return np.concatenate([self.order[self.starts[u] : self.starts[u] + self.counts[u]]
+                               for u in units])  # fmt: skip
+
+    def grouping(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For image indices of a batch (unit by unit): each image's unit number within the
+        batch (0, 1, ...) and its loss weight, 1 / (the unit's images)."""
+        unit = self.unit_of[idx]
+        starts = np.r_[True, unit[1:] != unit[:-1]][: len(unit)]
+        groups = np.cumsum(starts) - 1
+        return groups.astype(np.int64), 1.0 / self.counts[unit]
 
 
 @dataclass(frozen=True)
@@ -88,8 +108,12 @@ def plan_sampling(shard: Shard, settings: TrainSettings, dp: bool) -> Sampling:
     unit = resolve_unit(shard, settings.privacy_unit) if dp else IMAGE
     sampler = UnitSampler(shard, unit)
     if not dp:
-        return Sampling(unit, sampler, 1.0, math.ceil(len(shard) / settings.batch_size), [])
-    q, steps = accounting.steps_per_epoch(sampler.num_units, settings.batch_size)
+        steps = 1 if settings.full_batch else math.ceil(len(shard) / settings.batch_size)
+        return Sampling(unit, sampler, 1.0, steps, [])
+    if settings.full_batch:
+        q, steps = 1.0, 1
+    else:
+        q, steps = accounting.steps_per_epoch(sampler.num_units, settings.batch_size)
     warnings = []
     if settings.delta >= 1.0 / sampler.num_units:
         warnings.append(

@@ -38,6 +38,8 @@ class TrainSettings:
     # counts: a non-private statistic, so only allowed for --no-dp baselines).
     class_weights: tuple[float, ...] | str | None = None
     augment: bool = True
+    full_batch: bool = False  # every unit every step (q = 1, one step per local epoch)
+    bias_lr: float = 0.0  # learning rate of the bias vectors; 0: lr
     physical_batch_size: int = 64  # memory bound only: does not change the maths
 
     def __post_init__(self):
@@ -64,6 +66,8 @@ class TrainSettings:
                 raise bad(f"{name} must be a positive number, got {v!r}")
         if not 0 < self.delta < 1:
             raise bad(f"delta must be in (0, 1), got {self.delta!r}")
+        if not (math.isfinite(self.bias_lr) and self.bias_lr >= 0):
+            raise bad(f"bias_lr must be a number >= 0, got {self.bias_lr!r}")
         if not 0 <= self.momentum < 1 or self.weight_decay < 0:
             raise bad("momentum must be in [0, 1) and weight_decay >= 0")
         if self.optimizer not in OPTIMIZERS:
