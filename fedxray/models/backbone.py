@@ -90,7 +90,8 @@ class FixedAffine(nn.Module):
 
 
 def _freeze(module: nn.Module) -> nn.Module:
-    """BatchNorms folded into FixedAffine; every parameter a non-persistent buffer."""
+    """BatchNorms folded into FixedAffine (their batch counters go with them); every
+    parameter a non-persistent buffer (FixedFrontEnd.check_fixed confirms nothing is left)."""
     for name, child in list(module.named_children()):
         if isinstance(child, nn.BatchNorm2d):
             setattr(module, name, FixedAffine(child))
@@ -100,9 +101,6 @@ def _freeze(module: nn.Module) -> nn.Module:
         if p is not None:
             del module._parameters[name]
             module.register_buffer(name, p.detach(), persistent=False)
-    for name in list(module._buffers):
-        if name not in module._non_persistent_buffers_set:  # e.g. batch counters
-            module._non_persistent_buffers_set.add(name)
     return module
 
 
