@@ -106,6 +106,10 @@ def _render_init(ui: Ui, res, name: str) -> None:
         ("site", "fingerprint"),
     )
     ui.info(f"coordinator fingerprint: {s['coordinator']['fingerprint']}")
+    p = res.pretrained or {}
+    if p.get("frozen"):  # the plan carries the backbone: say which one it pinned
+        ui.info(f"frozen backbone {p['backbone']}: weights sha256 {p['sha256']}")
+        ui.info(f"  imported from {p['file']} (file sha256 {p['file_sha256']})")
     ui.info(f"wrote {res.plan_path} and {res.model_path}; send both to every site")
 
 
