@@ -136,9 +136,11 @@ def _bad_files(d, src, nets):
     state = nets["resnet18"].state_dict()
     bad = {}
     torch.save({**state, "extra": NotATensor()}, d / "objects.pth")
-    bad["objects"] = ("objects.pth", "more than plain tensors")
+    bad["objects"] = ("objects.pth", "NotATensor object, not only tensors")
     torch.save(nets["resnet18"], d / "whole-model.pth")
-    bad["whole model"] = ("whole-model.pth", "more than plain tensors")
+    bad["whole model"] = ("whole-model.pth", "torchvision.models.resnet.ResNet object")
+    (d / "junk.pth").write_bytes(b"not a PyTorch file")
+    bad["junk"] = ("junk.pth", "not a readable PyTorch file")
     torch.save({"state_dict": state, "epoch": 3}, d / "checkpoint.pth")
     bad["checkpoint"] = ("checkpoint.pth", "training checkpoint")
     torch.save(list(state.values()), d / "list.pth")
@@ -248,3 +250,12 @@ def test_a_plan_whose_backbone_does_not_match_its_digest_is_refused(files, tmp_p
     forged = create_plan("pt", coordinator, list(plan.sites), unpinned, backbone=other)
     with pytest.raises(VerificationError, match="carries tensors"):
         plan_from_bytes(forged)
+
+
+def test_simulate_passes_its_weights_to_init(tmp_path):
+    (tmp_path / "resnet18.pth").write_bytes(b"not a PyTorch file")
+    r = run_cli("simulate", "-o", tmp_path / "run", "--model", "resnet18-frozen",
+                "--image-size", "32", "--init", tmp_path / "resnet18.pth")  # fmt: skip
+    assert r.code == EXIT_ERROR and "Traceback" not in r.err
+    assert "fedxray: error: " + str(tmp_path / "resnet18.pth") + " is not a readable" in r.err
+    assert not (tmp_path / "run").exists()

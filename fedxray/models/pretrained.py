@@ -15,7 +15,6 @@ import hashlib
 import io
 import pickle
 import re
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,8 @@ _OLD_DENSENET = re.compile(
     r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
 )
 _NAME_HASH = re.compile(r"-([0-9a-f]{8,64})\.(?:pth|pt|safetensors)$")
+# torch's message for a class that weights_only loading refuses to build
+_DISALLOWED = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 _HINT = "use torchvision's state dict for {name} (e.g. its published ImageNet weights)"
 
 
@@ -137,22 +138,29 @@ def _read_state(data: bytes, path: Path) -> dict:
         # weights_only: plain tensors in plain containers; no code from the file ever runs.
         obj = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as e:
+        found = _DISALLOWED.search(str(e))
+        if found is None:  # not a pickle at all, or a damaged one
+            raise _unreadable(path) from None
         raise FedxrayError(
-            f"{path} holds more than plain tensors and was not loaded ({_first_line(e)})",
+            f"{path} holds a {found.group(1)} object, not only tensors, and was not loaded",
             hint="use a plain state dict (torch.save(model.state_dict(), ...)), not a pickled "
             "model or training checkpoint",
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        raise FedxrayError(
-            f"{path} is not a readable PyTorch file ({_first_line(e)})",
-            hint="is it truncated? download it again and compare its SHA-256",
-        ) from None
+    except Exception:  # a damaged file can fail anywhere in the reader: one clear message
+        raise _unreadable(path) from None
     if not isinstance(obj, Mapping):
         raise FedxrayError(
             f"{path} holds a {type(obj).__name__}, not a state dict",
             hint="use a plain state dict (torch.save(model.state_dict(), ...))",
         )
     return dict(obj)
+
+
+def _unreadable(path: Path) -> FedxrayError:
+    return FedxrayError(
+        f"{path} is not a readable PyTorch file",
+        hint="is it truncated? download it again and compare its SHA-256",
+    )
 
 
 def _first_line(e: Exception) -> str:
