@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole offline workflow with the bundled sample data: three hospitals, a coordinator
-# and a USB stick. Round 1: every site delivers (one trip). Round 2: hospital-c's file never
-# arrives, so the coordinator sends a closure and the two survivors reveal (second trip).
+# and a USB stick, with the default model (scatter-linear). Round 1: every site releases its
+# DP mean feature (the centring round) and delivers (one trip). Round 2, the training round:
+# hospital-c's file never arrives, so the coordinator sends a closure and the two survivors
+# reveal (second trip).
 #
 # Usage: WORK=/tmp/fedxray-demo examples/demo-offline.sh
 # No venv to activate: see common.sh for how the scripts find fedxray (FEDXRAY, PYTHON).
@@ -17,7 +19,7 @@ for s in $SITES; do "$HERE/01-site-keygen.sh" "$s"; done
 # recover the other's update from the next model, and only DP protects it. Real federations
 # that expect dropouts should have more sites instead.
 "$HERE/02-coordinator-init.sh" hospital-a.pub hospital-b.pub hospital-c.pub -- \
-    --model tinycnn --rounds 2 --local-epochs "${LOCAL_EPOCHS:-8}" --image-size "${IMAGE_SIZE:-32}" \
+    --rounds 2 --local-epochs "${LOCAL_EPOCHS:-8}" --image-size "${IMAGE_SIZE:-32}" \
     --min-sites 2
 for s in $SITES; do "$HERE/03-site-prep.sh" "$s" "$DATA/$s"; done
 

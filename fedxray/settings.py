@@ -8,7 +8,8 @@ which of its options sets it.
 
 To add a setting: add a field with its default to one section below and, when some values
 are impossible, a line to that section's ``check``. Plans written before it load with the
-default; a flat option for it is one more entry in :data:`OPTIONS`.
+default of their model (:data:`MODEL_DEFAULTS`); a flat option for it is one more entry in
+:data:`OPTIONS`.
 """
 
 from __future__ import annotations
@@ -116,8 +117,10 @@ def _require(ok: bool, path: str, message: str, hint: str | None = None) -> None
 
 @dataclass(frozen=True)
 class ModelSettings(_Section):
-    arch: str = "smallcnn"
-    image_size: int = 64
+    # Issue 10's recipe (benchmarks/research/REPORT.md): fixed wavelet scattering features
+    # and a linear head; MODEL_DEFAULTS holds the training that goes with each model.
+    arch: str = "scatter-linear"
+    image_size: int = 128
     in_channels: int = 1
     # A frozen-backbone model's pretrained weights (carried in the plan): the SHA-256 of
     # their tensors (fedxray.models.pretrained.tensor_digest) and of the file imported.
@@ -154,15 +157,23 @@ def _is_sha256(value: str) -> bool:
 
 @dataclass(frozen=True)
 class TrainingSettings(_Section):
-    rounds: int = 5
-    local_epochs: int = 2
-    batch_size: int = 64  # expected (Poisson) batch size under DP
+    # The recipe for the default model (scatter-linear): one centring round, then 10 rounds
+    # x 5 full-batch steps of heavy-ball momentum (reset each round), learning rate 10 for
+    # the weights and 2 for the biases (unit-norm features: the loss is at most 1-smooth).
+    # Other models train with CNN_TRAINING unless the plan says otherwise.
+    rounds: int = 11
+    local_epochs: int = 5
+    batch_size: int = 64  # expected (Poisson) batch size under DP, when not full_batch
     optimizer: str = "sgd"
-    # Under DP nearly every per-example gradient is clipped to max_grad_norm, so steps are
-    # small: 0.15 learned in both DP and non-DP runs where 0.05 stayed at chance.
-    lr: float = 0.15
+    lr: float = 10.0
     momentum: float = 0.9
     weight_decay: float = 0.0
+    # Every unit in every step (q = 1, one step per local epoch) instead of Poisson batches.
+    full_batch: bool = True
+    bias_lr: float = 2.0  # the biases' learning rate; 0: lr
+    # Round 1 releases the (DP) mean feature into the model's center instead of training
+    # (fedxray.training.centering); models with a fixed front end and a linear head only.
+    centering: bool = True
 
     def check(self) -> None:
         ok = self.rounds >= 1 and self.local_epochs >= 1
@@ -176,6 +187,12 @@ class TrainingSettings(_Section):
         )
         _require(0 <= self.momentum < 1, "training.momentum", "momentum must be in [0, 1)")
         _require(self.weight_decay >= 0, "training.weight_decay", "weight-decay must be >= 0")
+        _require(self.bias_lr >= 0, "training.bias_lr", "bias-lr must be >= 0")
+        _require(
+            not self.centering or self.rounds >= 2,
+            "training.centering",
+            "centering takes round 1: the plan needs at least 2 rounds",
+        )
 
 
 @dataclass(frozen=True)
@@ -185,6 +202,9 @@ class DPSettings(_Section):
     delta: float = 1e-5
     max_grad_norm: float = 1.0
     allow_no_dp: bool = False
+    # Noise multiplier of the centring release (sensitivity 1): about one training step's
+    # worth of the budget at the recipe's noise.
+    centering_sigma: float = 5.0
 
     def check(self) -> None:
         if not self.enabled:
@@ -197,6 +217,7 @@ class DPSettings(_Section):
             hint="use delta well below 1/patients",
         )
         _require(self.max_grad_norm > 0, "dp.max_grad_norm", "the clipping norm must be positive")
+        _require(self.centering_sigma > 0, "dp.centering_sigma", "centering-sigma must be > 0")
 
 
 @dataclass(frozen=True)
@@ -226,12 +247,23 @@ class FederationSettings(_Section):
     server: ServerSettings = field(default_factory=ServerSettings)
     min_sites: int = 3
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "") -> Self:
+        """As any section, except that settings absent from ``data`` take the defaults of
+        its model (:data:`MODEL_DEFAULTS`) before the general ones."""
+        if isinstance(data, Mapping) and not where:
+            model = data.get("model")
+            arch = model.get("arch") if isinstance(model, Mapping) else None
+            arch = arch if isinstance(arch, str) else None  # a wrong type is refused below
+            data = _merged(MODEL_DEFAULTS.get(arch or ModelSettings.arch, PLUGIN_DEFAULTS), data)
+        return super().from_dict(data, where)
+
     def validate(self, n_sites: int) -> None:
         """At init: :meth:`check`, and the model can be built for these classes."""
         from fedxray.models.registry import check_model  # heavy: builds the model's shapes
 
-        check_model(self.model, len(self.classes))
         self.check(n_sites)
+        check_model(self.model, len(self.classes), centering=self.training.centering)
 
     def check(self, n_sites: int | None = None) -> None:
         """Refuse impossible values and combinations, cheaply (no model is built): at init,
@@ -279,6 +311,42 @@ class FederationSettings(_Section):
         return out
 
 
+# The training of the CNNs (and plug-ins), where it differs from the defaults above (which
+# are the default model's): Poisson batches of 64 patients, 5 rounds x 2 epochs at lr 0.15.
+# Under DP nearly every per-example gradient is clipped, so steps are small: 0.15 learned
+# in both DP and non-DP runs where 0.05 stayed at chance.
+CNN_TRAINING: dict[str, Any] = {
+    "rounds": 5,
+    "local_epochs": 2,
+    "lr": 0.15,
+    "full_batch": False,
+    "bias_lr": 0.0,
+    "centering": False,
+}
+# Per model, the settings that a plan without them takes: a plan's own values win.
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "scatter-linear": {},
+    # The same normalised linear head on a frozen pretrained network: the same recipe.
+    "resnet18-frozen": {},
+    "densenet121-frozen": {},
+    "smallcnn": {"model": {"image_size": 64}, "training": CNN_TRAINING},
+    "tinycnn": {"model": {"image_size": 32}, "training": CNN_TRAINING},
+    "resnet18": {"model": {"image_size": 224}, "training": CNN_TRAINING},
+}
+PLUGIN_DEFAULTS: dict[str, Any] = {"training": CNN_TRAINING}
+
+
+def _merged(defaults: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+    """``given`` over ``defaults``, section by section."""
+    out = dict(defaults)
+    for key, value in given.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 # Flat options (as `fedxray init` and `fedxray simulate` name them) -> setting path.
 OPTIONS: dict[str, str] = {
     "model": "model.arch",
@@ -290,6 +358,9 @@ OPTIONS: dict[str, str] = {
     "lr": "training.lr",
     "epsilon": "dp.epsilon",
     "delta": "dp.delta",
+    "full_batch": "training.full_batch",
+    "bias_lr": "training.bias_lr",
+    "centering": "training.centering",
     "clip_norm": "dp.max_grad_norm",
     "allow_no_dp": "dp.allow_no_dp",
     "strict": "secagg.strict",
@@ -299,9 +370,26 @@ OPTIONS: dict[str, str] = {
 }
 
 
+def _has(tree: Mapping[str, Any], path: str) -> bool:
+    *sections, name = path.split(".")
+    for s in sections:
+        tree = tree.get(s, {})
+    return name in tree
+
+
+# Options whose default depends on the model (MODEL_DEFAULTS): the commands leave them unset
+# unless given, so that ``--model tinycnn`` gets the CNN's defaults, not the recipe's.
+PER_MODEL = frozenset(
+    option
+    for option, path in OPTIONS.items()
+    if any(_has(d, path) for d in (*MODEL_DEFAULTS.values(), PLUGIN_DEFAULTS))
+)
+
+
 def option_default(option: str) -> Any:
-    """The default of a flat option: the default of the setting it sets."""
-    value: Any = FederationSettings()
+    """The default of a flat option: the default of the setting it sets (for the default
+    model; see PER_MODEL)."""
+    value: Any = make_settings()
     for part in OPTIONS[option].split("."):
         value = getattr(value, part)
     return ",".join(value) if isinstance(value, tuple) else value

@@ -60,8 +60,8 @@ def build(root: Path) -> Federation:
     for s in SITES:
         _ok(run_cli("keygen", s, "-o", root, "-q"))
     _ok(run_cli(
-        "init", "--name", "demo", "-o", fed.coord, "--image-size", "32", "--rounds", "3",
-        "--local-epochs", "5", "--min-sites", "2", "--allow-no-dp", "-q",
+        "init", "--name", "demo", "-o", fed.coord, "--model", "tinycnn", "--image-size", "32",
+        "--rounds", "3", "--local-epochs", "5", "--min-sites", "2", "--allow-no-dp", "-q",
         *(root / f"{s}.pub" for s in SITES),
     ))  # fmt: skip
     for s in SITES:

@@ -1,14 +1,14 @@
-"""The audits of the DP default federation stay below the accountant's epsilon.
+"""The audits of a DP federation of images stay below the accountant's epsilon.
 
-`fedxray simulate` with its defaults (tinycnn at 32 px, 5 local epochs, epsilon 8 at delta
-1e-5), but 2 rounds instead of 5 for speed (the noise is calibrated so that the site reaches
-epsilon 8 at the plan's last round either way), on sample_data/hospital-a given as a plain
-folder: simulate holds 15 % of its patients out for evaluation (never trained on by anyone:
-the non-members) and splits the rest over three sites by patient; site-1 trains with 30
-canaries. A lower bound above the accountant's epsilon would mean a bug in DP training or in
-the accounting, and fails these tests. (At these sizes no audit can show more than about 2.6,
-see the warnings; tests/test_cli_audit.py shows the same comparison failing for a model that
-breaks its claim.)
+`fedxray simulate` with tinycnn at 32 px, 5 local epochs, epsilon 8 at delta 1e-5 (the
+sample federation before scatter-linear became the default), 2 rounds for speed (the noise
+is calibrated so that the site reaches epsilon 8 at the plan's last round either way), on
+sample_data/hospital-a given as a plain folder: simulate holds 15 % of its patients out for
+evaluation (never trained on by anyone: the non-members) and splits the rest over three
+sites by patient; site-1 trains with 30 canaries. A lower bound above the accountant's
+epsilon would mean a bug in DP training or in the accounting, and fails these tests. (At
+these sizes no audit can show more than about 2.6, see the warnings; tests/test_cli_audit.py
+shows the same comparison failing for a model that breaks its claim.)
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("dpfed") / "run"
     r = run_cli(
         "simulate", "-o", out, "--data", REPO / "sample_data" / "hospital-a", "--rounds", "2",
+        "--model", "tinycnn", "--image-size", "32", "--local-epochs", "5",
         "--audit-canaries", str(CANARIES), "--seed", "0", "--bootstrap", "0", "--workers", "1",
         "--json", "-q",
     )  # fmt: skip

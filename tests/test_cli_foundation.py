@@ -214,7 +214,7 @@ def test_init_from_pretrained_safetensors(fed, tmp_path):
     save_file(weights, str(tmp_path / "w.safetensors"))
     cards = [d / f"hosp-{s}.pub" for s in "abc"]
     r = run_cli("init", "--name", "pt", "-o", tmp_path / "c", "--init", tmp_path / "w.safetensors",
-                "--json", *cards)  # fmt: skip
+                "--model", "smallcnn", "--json", *cards)  # fmt: skip
     assert r.code == 0, r.err
     assert json.loads(r.out)["pretrained"]["loaded"] == len(weights)
     model = parse_unverified((tmp_path / "c" / "round-0001.model").read_bytes())[0]

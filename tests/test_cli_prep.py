@@ -36,7 +36,8 @@ def fed(tmp_path_factory):
     for s in ("hosp-a", "hosp-b", "hosp-c", "outsider"):
         assert run_cli("keygen", s, "-o", d, "-q").code == 0
     cards = [d / f"hosp-{s}.pub" for s in "abc"]
-    r = run_cli("init", "--name", "demo", "-o", d / "coord", "--image-size", "32", "-q", *cards)
+    r = run_cli("init", "--name", "demo", "-o", d / "coord", "--image-size", "32",
+                "--model", "tinycnn", "-q", *cards)  # fmt: skip
     assert r.code == 0, r.err
     return {"dir": d, "plan": d / "coord" / "demo.plan", "key": d / "hosp-a.key"}
 

@@ -30,6 +30,7 @@ class Fed:
         self.coord = root / f"coord-{name}"
         cards = [root / s / f"{s}.pub" for s in SITES]
         opts = {"--name": name, "-o": self.coord, "--image-size": 32, "--min-sites": min_sites}
+        opts["--model"] = "tinycnn"
         opts["--server-opt"] = server_opt
         r = run_cli("init", *[x for kv in opts.items() for x in kv], "-q", *cards)
         assert r.code == 0, r.err

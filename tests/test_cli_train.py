@@ -15,8 +15,8 @@ from tests.conftest import REPO
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     d = tmp_path_factory.mktemp("fed")
-    make_federation(d, "demo", "-o", d / "coord", "--image-size", "16", "--rounds", "2",
-                    "--local-epochs", "1", "--epsilon", "4")  # fmt: skip
+    make_federation(d, "demo", "-o", d / "coord", "--model", "tinycnn", "--image-size", "16",
+                    "--rounds", "2", "--local-epochs", "1", "--epsilon", "4")  # fmt: skip
     plan, key = d / "coord" / "demo.plan", d / "hosp-a.key"
     r = run_cli("prep", REPO / "sample_data" / "hospital-c", "-o", d / "a.shard", "--plan", plan,
                 "--key", key, "-q")  # fmt: skip

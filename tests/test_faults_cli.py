@@ -108,7 +108,7 @@ def test_a_device_this_machine_lacks_is_refused_first(fault_fed, tmp_path, devic
 
 FLOATS = {  # every float option of the command line, with a command that reaches it
     ("init", "--lr"), ("init", "--epsilon"), ("init", "--delta"), ("init", "--clip-norm"),
-    ("init", "--server-lr"), ("simulate", "--lr"), ("simulate", "--epsilon"),
+    ("init", "--server-lr"), ("init", "--bias-lr"), ("simulate", "--lr"), ("simulate", "--epsilon"),
     ("simulate", "--skew"), ("train-local", "--max-epsilon"), ("predict", "--min-confidence"),
     ("prep", "--holdout"), ("privacy", "--set-budget"), ("privacy", "--budget-delta"),
 }  # fmt: skip
@@ -156,7 +156,7 @@ def test_non_finite_floats_are_refused(fault_fed, tmp_path, command, option, val
 def _init(fed, out, *extra, cards=None):
     cards = cards if cards is not None else (fed.root / "hosp-a.pub", fed.root / "hosp-b.pub")
     return run_cli("init", "--name", "demo", "-o", out, "--min-sites", "2", "--image-size", "16",
-                   *extra, *cards)  # fmt: skip
+                   "--model", "tinycnn", *extra, *cards)  # fmt: skip
 
 
 @pytest.mark.parametrize(

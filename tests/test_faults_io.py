@@ -45,7 +45,7 @@ def _commands(fed, out):
     return {
         "keygen": (".pub", ("keygen", "hosp-x", "-o", out)),
         "init": (".plan", ("init", "--name", "x", "-o", out / "coord", "--min-sites", "2",
-                           "--image-size", "16", fed.root / "hosp-a.pub",
+                           "--image-size", "16", "--model", "tinycnn", fed.root / "hosp-a.pub",
                            fed.root / "hosp-b.pub")),
         "prep": (".shard", ("prep", REPO / "sample_data" / "hospital-c", "-o", out / "c.shard",
                             "--workers", "1", *a)),
@@ -132,7 +132,7 @@ def test_disk_full_mid_simulation_removes_the_run_folder(tmp_path, monkeypatch):
     with disk_full(monkeypatch, ".sum"):  # after both sites trained and masked round 1
         r = run_cli("simulate", "-o", run, "--data", data, "--sites", "2", "--min-sites", "2",
                     "--rounds", "1", "--local-epochs", "1", "--image-size", "16",
-                    "--workers", "1", "--bootstrap", "0", "-q")  # fmt: skip
+                    "--model", "tinycnn", "--workers", "1", "--bootstrap", "0", "-q")  # fmt: skip
     assert_fault(r, EXIT_ERROR, "no space left on the device", "round-0001.sum")
     assert not run.exists()  # the rerun is not blocked by a half-made run folder
 

@@ -192,7 +192,8 @@ def test_init_and_one_dp_round_carry_only_the_head(files, tmp_path):
     original = pretrained.import_backbone(d / "resnet18.safetensors", "resnet18")
     make_federation(tmp_path, "pt", "-o", tmp_path / "coord", "--model", "resnet18-frozen",
                     "--image-size", "32", "--rounds", "1", "--local-epochs", "1",
-                    "--epsilon", "4", "--init", d / "resnet18.safetensors")  # fmt: skip
+                    "--no-centering", "--epsilon", "4",
+                    "--init", d / "resnet18.safetensors")  # fmt: skip
     plan, model = tmp_path / "coord" / "pt.plan", tmp_path / "coord" / "round-0001.model"
     info = json.loads(run_cli("inspect", plan, "--json").out)
     m = info["meta"]["settings"]["model"]

@@ -17,7 +17,7 @@ from fedxray.simulation.runner import Simulation, SimulationConfig
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(SimulationConfig)}
 SIMULATE_OPTIONS = (
     "rounds", "local_epochs", "strict", "model", "image_size", "batch_size", "lr", "epsilon",
-    "min_sites", "server_opt",
+    "min_sites", "server_opt", "full_batch", "centering",
 )  # fmt: skip
 
 EXAMPLES = {

@@ -33,7 +33,7 @@ from rich.table import Table
 from fedxray.devices import check_device_name, resolve_device
 from fedxray.errors import EXIT_BROKEN_PIPE, FedxrayError
 from fedxray.fsio import is_stdio
-from fedxray.settings import option_default
+from fedxray.settings import PER_MODEL, option_default
 from fedxray.steps.shared import Party, load_party
 
 JsonOpt = Annotated[
@@ -155,9 +155,9 @@ def start(quiet: bool, json_out: bool, *outputs: Path | str | None) -> Ui:
 
 # The plan settings that commands take as options (fedxray.settings.OPTIONS), with their help.
 PLAN_OPTIONS = {
-    "model": "Model: smallcnn, tinycnn, resnet18, resnet18-frozen or densenet121-frozen "
-    "(a linear head on a frozen pretrained network: give its weights with --init), or a "
-    "plug-in's.",
+    "model": "Model: scatter-linear, smallcnn, tinycnn, resnet18, resnet18-frozen or "
+    "densenet121-frozen (a linear head on a frozen pretrained network: give its weights with "
+    "--init), or a plug-in's.",
     "image_size": "Input size in pixels.",
     "classes": "Comma-separated class names.",
     "rounds": "Number of federated rounds.",
@@ -166,6 +166,9 @@ PLAN_OPTIONS = {
     "lr": "Local learning rate.",
     "epsilon": "Privacy budget per site.",
     "delta": "Privacy delta.",
+    "full_batch": "Every patient in every step (q = 1) instead of Poisson batches.",
+    "bias_lr": "Learning rate of the biases (0: --lr).",
+    "centering": "Round 1 releases the DP mean feature (scatter-linear, *-frozen).",
     "clip_norm": "DP-SGD per-example clipping norm.",
     "allow_no_dp": "Accept non-private (--no-dp) updates.",
     "min_sites": "Fewest sites per round.",
@@ -253,9 +256,19 @@ def _option(name: str, annotation: Any, default: Any) -> inspect.Parameter:
 
 
 def _plan_option(name: str, help: str, default: Any) -> inspect.Parameter:
-    """The option of a plan setting: flag from its name, type from its default."""
+    """The option of a plan setting: flag from its name, type from its default. An option
+    whose default depends on the model (PER_MODEL) stays unset unless given."""
     flag = "--" + name.replace("_", "-")
-    return _option(name, Annotated[type(default), typer.Option(flag, help=help)], default)
+    if name in PER_MODEL:
+        recipe = option_default(name)
+        help = f"{help} Default: per model ({recipe} for {option_default('model')})."
+        kind, default = type(recipe) | None, None
+        if isinstance(recipe, bool):
+            flag = f"{flag}/--no-{flag[2:]}"
+    else:
+        kind = type(default)
+    option = typer.Option(flag, help=help, show_default=default is not None)
+    return _option(name, Annotated[kind, option], default)
 
 
 def command(

@@ -21,8 +21,7 @@ from fedxray.models.backbone import (
     split_model_id,
 )
 from fedxray.models.resnet import resnet18
-from fedxray.models.scatterlinear import UnitImages
-from fedxray.models.scatterlinear import build as build_scatter_linear
+from fedxray.models.scatterlinear import UnitImages, build_scatter_linear
 from fedxray.models.smallcnn import SmallCNN
 from fedxray.models.spec import ModelSpec
 
@@ -137,9 +136,9 @@ def get_spec(arch: str) -> ModelSpec:
     return spec
 
 
-def check_model(model, num_classes: int) -> None:
+def check_model(model, num_classes: int, centering: bool = False) -> None:
     """Refuse, when a plan is made, a model it could not use: ``model`` holds the plan's
-    arch, image_size and in_channels."""
+    arch, image_size and in_channels; ``centering`` needs a head with a ``center``."""
     spec = get_spec(model.arch)
     needs = backbone_of(model.arch)
     if needs and not model.backbone_sha256:
@@ -160,6 +159,14 @@ def check_model(model, num_classes: int) -> None:
         front = module.get_submodule(spec.front_end)
         if any(p.requires_grad for p in front.parameters()):
             raise FedxrayError(f"{spec.name}: the front end {spec.front_end!r} must be frozen")
+    head = getattr(module, "head", None)
+    if centering and not (hasattr(head, "embed") and hasattr(head, "center")):
+        raise FedxrayError(
+            f"{spec.name} has no center to release: centering is for a linear head on a "
+            "fixed front end (scatter-linear)",
+            hint="create the plan without centering",
+            option="centering",
+        )
 
 
 def default_image_size(arch: str) -> int:

@@ -46,7 +46,7 @@ class NormalisedLinear(nn.Module):
         return self.linear(self.embed(x) - self.center)
 
 
-def build(num_classes: int, in_channels: int, image_size: int) -> FrontEndModel:
+def build_scatter_linear(num_classes: int, in_channels: int, image_size: int) -> FrontEndModel:
     front = ScatteringFrontEnd(ScatterSettings(image_size))
     return FrontEndModel(front, NormalisedLinear(front.output_shape, num_classes))
 

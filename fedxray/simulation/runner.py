@@ -74,18 +74,20 @@ class SimulationConfig:
     drops: dict[int, set[str]] = field(default_factory=dict)  # round -> dropped site names
     skew: float | None = None
     seed: int = 0
-    # Tuned on the bundled sample data (a few hundred images): a ~6k-parameter CNN at 32 px
-    # learns well above chance under DP at epsilon 8 in about a minute of training.
-    model: str = "tinycnn"
-    image_size: int = 32
-    local_epochs: int = 5
-    # The plan's own defaults for the rest.
-    rounds: int = option_default("rounds")
+    # The plan's own defaults, the same as `fedxray init`'s: None where they depend on the
+    # model (fedxray.settings.PER_MODEL), which then sets them.
+    model: str = option_default("model")
+    image_size: int | None = None
+    local_epochs: int | None = None
+    rounds: int | None = None
+    lr: float | None = None
+    full_batch: bool | None = None
+    bias_lr: float | None = None
+    centering: bool | None = None
     strict: bool = option_default("strict")
     epsilon: float = option_default("epsilon")
     delta: float = option_default("delta")
     batch_size: int = option_default("batch_size")
-    lr: float = option_default("lr")
     clip_norm: float = option_default("clip_norm")
     min_sites: int = option_default("min_sites")
     server_opt: str = option_default("server_opt")
@@ -144,6 +146,8 @@ class Simulation:
         options = {k: getattr(cfg, k) for k in OPTIONS if hasattr(cfg, k)}
         settings = settings_from_options(**options, allow_no_dp=not cfg.dp)
         settings.check(cfg.sites)
+        self.image_size = settings.model.image_size
+        self.total_rounds = settings.training.rounds
         return settings
 
     def _prepare_folders(self, undo: Undo) -> None:
@@ -179,7 +183,7 @@ class Simulation:
         secret = hashlib.sha256(f"fedxray-simulation/{cfg.seed}".encode()).digest()
         shard, _ = prepare(
             [data],
-            image_size=cfg.image_size,
+            image_size=self.image_size,
             classes=DEFAULT_CLASSES,
             secret=secret,
             workers=cfg.workers,
@@ -214,7 +218,7 @@ class Simulation:
             else:
                 shard, _ = prepare(
                     source,
-                    image_size=cfg.image_size,
+                    image_size=self.image_size,
                     classes=DEFAULT_CLASSES,
                     secret=site_secret(ident),
                     workers=cfg.workers,
@@ -230,7 +234,7 @@ class Simulation:
         # Held-out evaluation data lives with an evaluation party, never with the coordinator.
         if not isinstance(held, Shard):
             held, _ = prepare(
-                held, image_size=cfg.image_size, classes=DEFAULT_CLASSES, workers=cfg.workers
+                held, image_size=self.image_size, classes=DEFAULT_CLASSES, workers=cfg.workers
             )
         write_shard(self.eval_dir / "test.shard", held)
         # Coordinator: init from the cards it received.
@@ -371,9 +375,9 @@ class Simulation:
         t_start = time.perf_counter()
         self.setup()
         self.courier.carry(self.plan_path, self.eval_dir)
-        for r in range(1, self.cfg.rounds + 1):
+        for r in range(1, self.total_rounds + 1):
             self.run_round(r)
-        final_model = self.eval_dir / INBOX / round_file("model", self.cfg.rounds + 1)
+        final_model = self.eval_dir / INBOX / round_file("model", self.total_rounds + 1)
         final = self.evaluate(final_model, n_boot=self.cfg.bootstrap)
         summary = {
             "run_folder": str(self.root),
@@ -395,7 +399,7 @@ class Simulation:
         name = self.site_names[0]
         folder = self._site_dir(name)
         inbox = folder / INBOX
-        final = inbox / round_file("model", self.cfg.rounds + 1)
+        final = inbox / round_file("model", self.total_rounds + 1)
         doc = audit_site(
             folder, name, final, inbox / self.plan_path.name, folder / f"{name}.ledger",
             self.cfg.device,

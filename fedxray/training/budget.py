@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 from fedxray.errors import BudgetExceededError, FedxrayError
-from fedxray.training import accounting
+from fedxray.training import accounting, centering
 from fedxray.training.ledger import Ledger, SiteLedger
 from fedxray.training.sampling import Sampling
 from fedxray.training.settings import TrainSettings
@@ -45,20 +45,25 @@ def noise_multiplier(
         return ledger.noise_multiplier
     site = adopt_site_budget(ledger, settings)
     _refuse_without_guarantee(ledger)
-    # Calibrated ONCE, for every round still ahead, to end exactly within both caps.
+    # Calibrated ONCE, for every round still ahead, to end exactly within both caps; a
+    # centring release still to come (round 1) is counted first.
     rounds_ahead = settings.rounds - round_number + 1
-    planned = rounds_ahead * settings.local_epochs * sampling.steps_per_epoch
+    release = centering.release_history(settings, round_number)
+    training_rounds = rounds_ahead - (1 if release else 0)
+    planned = training_rounds * settings.local_epochs * sampling.steps_per_epoch
     q = sampling.sample_rate
-    own = accounting.calibrate_noise(settings.epsilon_budget, settings.delta, q, planned)
+    own = accounting.calibrate_noise(settings.epsilon_budget, settings.delta, q, planned, release)
     # Other federations: what they spent, and what they were calibrated to spend still.
     others = [*site.history(exclude=ledger.federation_id), *site.reserved(ledger.federation_id)]
     budget = site.budget
     try:
-        shared = accounting.calibrate_noise(budget.epsilon, budget.delta, q, planned, others)
+        shared = accounting.calibrate_noise(
+            budget.epsilon, budget.delta, q, planned, [*others, *release]
+        )
     except BudgetExceededError as e:
         raise _no_room(budget.epsilon, e.message) from None
     sigma = max(own, shared)
-    ends_at = accounting.epsilon([(sigma, q, planned)], settings.delta)
+    ends_at = accounting.epsilon([*release, (sigma, q, planned)], settings.delta)
     if ends_at < MIN_SHARE * settings.epsilon_budget:
         # So much noise would make this site's updates noise, not signal, for the federation.
         raise _no_room(
@@ -73,8 +78,11 @@ def noise_multiplier(
         steps_per_epoch=sampling.steps_per_epoch,
         local_epochs=settings.local_epochs,
         rounds=rounds_ahead,
+        centering_release=[list(r) for r in release],
         first_round=int(round_number),
-        total_steps=planned,
+        # With the release's step: what reserved() holds back for this federation (the
+        # release counted at the training noise, which is below sigma_m: conservative).
+        total_steps=planned + sum(n for _, _, n in release),
         target_epsilon=settings.epsilon_budget,
         max_grad_norm=settings.max_grad_norm,
         bound_by="plan" if own >= shared else "site budget",

@@ -25,7 +25,7 @@ from fedxray.devices import resolve_device
 from fedxray.errors import FedxrayError, ProtocolRefusal
 from fedxray.models.frontend import FrontEndModel
 from fedxray.models.registry import build_model, get_spec, load_numpy_state, state_to_numpy
-from fedxray.training import budget, checkpoint, replay
+from fedxray.training import budget, centering, checkpoint, replay
 from fedxray.training.augment import augment
 from fedxray.training.dp_engine import DPEngine, NoiseGenerator, PrivateOptimizer
 from fedxray.training.features import shard_features
@@ -88,11 +88,16 @@ def train_round(
     dev = resolve_device(device)
     weights = _class_weights(settings, shard, dp)
     sampling = plan_sampling(shard, settings, dp)
-    total_epochs, epoch_steps = settings.local_epochs, sampling.steps_per_epoch
+    statistics = centering.is_statistics_round(settings, round_number)
     with ledger_lock(ledger_path):
         ledger = Ledger.load(ledger_path, federation_id)
         ledger.name = ledger.name or federation_name
         sigma = budget.noise_multiplier(ledger, settings, sampling, round_number, dp)
+        if statistics:  # one release of the mean feature, not training (training/centering)
+            sampling = centering.release_sampling(sampling)
+            sigma = settings.centering_sigma if dp else None
+        total_epochs = 1 if statistics else settings.local_epochs
+        epoch_steps = sampling.steps_per_epoch
         model = build_model(settings.arch, settings.image_size, len(settings.classes))
         load_numpy_state(model, global_state)
         model.to(dev)
@@ -126,9 +131,12 @@ def train_round(
         feats = None
         if isinstance(model, FrontEndModel) and done < total_epochs:
             feats = shard_features(model.front_end, shard.images, features_dir, dev)
-        epoch_runner = _Epochs(
-            model, optimizer, shard, settings, sampling, sigma, weights, dev, feats
-        )
+        if statistics:
+            epoch_runner = centering.Release(model, feats, sampling.sampler, sigma)
+        else:
+            epoch_runner = _Epochs(
+                model, optimizer, shard, settings, sampling, sigma, weights, dev, feats
+            )
         replayed = 0
         for epoch in range(done + 1, total_epochs + 1):
             first = (epoch - 1) * epoch_steps

@@ -40,6 +40,10 @@ class TrainSettings:
     augment: bool = True
     full_batch: bool = False  # every unit every step (q = 1, one step per local epoch)
     bias_lr: float = 0.0  # learning rate of the bias vectors; 0: lr
+    # Round 1 releases the mean feature (noise centering_sigma under DP) into the model's
+    # ``center`` instead of training (fedxray.training.centering).
+    centering: bool = False
+    centering_sigma: float = 5.0
     physical_batch_size: int = 64  # memory bound only: does not change the maths
 
     def __post_init__(self):
@@ -66,6 +70,10 @@ class TrainSettings:
                 raise bad(f"{name} must be a positive number, got {v!r}")
         if not 0 < self.delta < 1:
             raise bad(f"delta must be in (0, 1), got {self.delta!r}")
+        if not (math.isfinite(self.centering_sigma) and self.centering_sigma > 0):
+            raise bad(f"centering_sigma must be a positive number, got {self.centering_sigma!r}")
+        if self.centering and self.rounds < 2:
+            raise bad("centering takes round 1: the plan needs at least 2 rounds")
         if not (math.isfinite(self.bias_lr) and self.bias_lr >= 0):
             raise bad(f"bias_lr must be a number >= 0, got {self.bias_lr!r}")
         if not 0 <= self.momentum < 1 or self.weight_decay < 0:
