@@ -48,12 +48,14 @@ def test_demo_produces_a_verified_final_model(demo):
     assert run_cli("verify", coord / "round-0003.model", "--plan", coord / "pneumo.plan").code == 0
     report = json.loads((work / "hospital-a" / "evaluation-round-0003.json").read_text())
     n, accuracy = report["n_images"], report["metrics"]["accuracy"]["value"]
-    # The sample test set is balanced: guessing scores 1/3 on average, and a model that always
-    # answers one class scores exactly 1/3. Above chance here: a number of correct answers that
-    # guessing reaches with p < 0.01 (53 of 120, accuracy 0.442). Measured at the demo's
-    # settings (2 rounds x 8 local epochs, 32 px): 0.56-0.78 (docs/benchmarks.md, section 6).
-    needed = fewest_correct_beyond_chance(n, len(report["classes"]), alpha=0.01)
-    assert round(accuracy * n) >= needed, f"accuracy {accuracy:.3f} on {n} images: chance level"
+    # The sample test set is balanced: guessing scores 1/3 on average (53 of 120 correct is
+    # reached by guessing with p < 0.01). The demo's settings (the default scatter-linear at
+    # 32 px: the centring round, then one round of 8 full-batch DP steps with a dropout) gave
+    # 0.90-0.94 in six runs of the same federation (docs/benchmarks.md, section 6): a fixed
+    # bar of 0.75 (90 of 120) is far above chance and far below what the demo reaches.
+    assert n == 120
+    assert round(accuracy * n) >= 90, f"accuracy {accuracy:.3f} on {n} images"
+    assert round(accuracy * n) >= fewest_correct_beyond_chance(n, len(report["classes"]), 0.01)
 
 
 def test_dropout_round_used_a_closure_and_reveals(demo):

@@ -17,6 +17,8 @@ Buffers of a front end (filters) are non-persistent, so they never travel.
 
 from __future__ import annotations
 
+import copy
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -93,15 +95,10 @@ class ScatteringFrontEnd(FixedFrontEnd):
             raise FedxrayError(f"scattering with J={s.J} needs an image size that 2^J divides")
         if s.max_order not in (1, 2):
             raise FedxrayError("scattering order must be 1 or 2")
-        # kymatio.torch breaks with scipy >= 1.17 (kymatio #1068): import the frontend directly.
-        from kymatio.scattering2d.frontend.torch_frontend import ScatteringTorch2D
-
         self.settings = s
         self.output_shape = s.output_shape
         self.key = s.key
-        self.scattering = ScatteringTorch2D(
-            J=s.J, shape=(s.image_size, s.image_size), L=s.L, max_order=s.max_order
-        )
+        self.scattering = copy.deepcopy(_filter_bank(s.J, s.L, s.max_order, s.image_size))
         self._unpersist()
         self.check_fixed()
 
@@ -115,6 +112,17 @@ class ScatteringFrontEnd(FixedFrontEnd):
         if out.shape[-1] != s.side:
             out = F.adaptive_avg_pool2d(out, s.side)
         return out
+
+
+@functools.lru_cache(maxsize=8)
+def _filter_bank(J: int, L: int, max_order: int, size: int) -> nn.Module:
+    """kymatio's scattering module for these settings, built once per process: its Morlet
+    filters cost seconds to compute at 128 px and never change (callers copy it)."""
+    # kymatio.torch breaks with scipy >= 1.17 (kymatio #1068): import the frontend directly.
+    from kymatio.scattering2d.frontend.torch_frontend import ScatteringTorch2D
+
+    with torch.device("cpu"):  # real tensors, also when a model is built on "meta"
+        return ScatteringTorch2D(J=J, shape=(size, size), L=L, max_order=max_order)
 
 
 class FrontEndModel(nn.Module):
