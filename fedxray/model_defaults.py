@@ -25,6 +25,9 @@ CNN_TRAINING: dict[str, Any] = {
 # Per model, the settings that a plan without them takes: a plan's own values win.
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "scatter-linear": {},
+    # The same normalised linear head on a frozen pretrained network: the same recipe.
+    "resnet18-frozen": {},
+    "densenet121-frozen": {},
     "smallcnn": {"model": {"image_size": 64}, "training": CNN_TRAINING},
     "tinycnn": {"model": {"image_size": 32}, "training": CNN_TRAINING},
     "resnet18": {"model": {"image_size": 224}, "training": CNN_TRAINING},

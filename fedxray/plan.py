@@ -45,7 +45,7 @@ class Plan:
         from fedxray.models.registry import state_layout
 
         m = self.settings.model
-        return state_layout(m.arch, m.image_size, len(self.settings.classes), m.in_channels)
+        return state_layout(m.model_id, m.image_size, len(self.settings.classes), m.in_channels)
 
     def require_site(self, ident: PrivateIdentity) -> PublicIdentity:
         """The key must be one of the plan's sites, with the very keys on its card."""
@@ -99,7 +99,10 @@ def create_plan(
     coordinator: PrivateIdentity,
     sites: list[PublicIdentity],
     settings: FederationSettings,
+    backbone: dict | None = None,
 ) -> bytes:
+    """The signed plan; ``backbone`` (name -> array) is a frozen-backbone model's pretrained
+    weights, which travel inside the plan (signed, and pinned by settings.model)."""
     check_name(name)
     check_members(coordinator.public, sites)
     settings.validate(len(sites))
@@ -115,7 +118,7 @@ def create_plan(
             "sites": [s.to_dict() for s in sites],
             "settings": settings.to_dict(),
         },
-        tensors={},
+        tensors=dict(backbone or {}),
         signer=coordinator,
     ).data
 
@@ -142,6 +145,7 @@ def plan_from_bytes(data: bytes, what: str = "plan") -> Plan:
     if coordinator.name != h.sender:
         raise VerificationError(f"{what} was not signed by its coordinator")
     verify_signature(art, message, coordinator, what)
+    _register_backbone(art, settings, what)
     # Signed is not sound: a plan made by another tool or version is checked like at init.
     try:
         check_members(coordinator, sites)
@@ -152,6 +156,21 @@ def plan_from_bytes(data: bytes, what: str = "plan") -> Plan:
             hint="the coordinator must make a new plan with fedxray init",
         ) from None
     return Plan(h.federation, name, coordinator, sites, settings, art.digest, h.created)
+
+
+def _register_backbone(art, settings: FederationSettings, what: str) -> None:
+    """A plan carries its frozen backbone's weights, or no tensors at all."""
+    digest = settings.model.backbone_sha256
+    if not digest:
+        if art.tensors:
+            raise VerificationError(f"{what} carries tensors but its model has no backbone")
+        return
+    from fedxray.models.backbone import register
+
+    try:
+        register(digest, art.tensors)
+    except VerificationError as e:
+        raise VerificationError(f"{what}: {e.message}") from None
 
 
 def load_plan(path: str | os.PathLike, expect_fingerprint: str | None = None) -> Plan:

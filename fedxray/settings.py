@@ -165,10 +165,30 @@ class ModelSettings(_Section):
     arch: str = "scatter-linear"
     image_size: int = 128
     in_channels: int = 1
+    # A frozen-backbone model's pretrained weights (carried in the plan): the SHA-256 of
+    # their tensors (fedxray.models.pretrained.tensor_digest) and of the file imported.
+    backbone_sha256: str = added_later("")  # a plan without a backbone reads as before
+    backbone_file_sha256: str = added_later("")
 
     def check(self) -> None:
         _require(16 <= self.image_size <= 1024, "model.image_size", "image-size must be 16 to 1024")
         _require(self.in_channels >= 1, "model.in_channels", "in-channels must be at least 1")
+        for name in ("backbone_sha256", "backbone_file_sha256"):
+            value = getattr(self, name)
+            _require(
+                value == "" or _is_sha256(value),
+                f"model.{name}",
+                f"{label(name)} must be a SHA-256 in hex",
+            )
+
+    @property
+    def model_id(self) -> str:
+        """What builds the model: the arch, and the digest of its backbone weights if any."""
+        return f"{self.arch}@{self.backbone_sha256}" if self.backbone_sha256 else self.arch
+
+
+def _is_sha256(value: str) -> bool:
+    return len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
 @dataclass(frozen=True)

@@ -90,7 +90,12 @@ def _shard(seed: int, n: int = 24) -> Shard:
 
 
 def test_the_registry_lists_plugins_and_refuses_what_it_cannot_train(plugin, tmp_path):
-    assert registry.model_names() == (*registry.MODEL_NAMES, "bnmlp", "rowmlp")
+    assert registry.model_names() == (
+        *registry.MODEL_NAMES,
+        *registry.PRETRAINED_NAMES,
+        "bnmlp",
+        "rowmlp",
+    )
     assert registry.state_layout("rowmlp", SIZE, 3) == {
         "0.weight": ((8, SIZE), "float32"),
         "0.bias": ((8,), "float32"),

@@ -25,6 +25,11 @@ EXAMPLES = {
             "fedxray init --name pneumo -o coord --model resnet18 --image-size 224 "
             "--init resnet18-gn.safetensors --rounds 10 --epsilon 6 *.pub",
         ),
+        (
+            "A linear head on torchvision's ImageNet ResNet-18, frozen (weights carried in)",
+            "fedxray init --name pneumo -o coord --model resnet18-frozen --image-size 128 "
+            "--init resnet18-f37072fd.pth *.pub",
+        ),
     ],
 }
 
@@ -67,7 +72,12 @@ def init(
     plan_options: dict | None = None,  # the plan settings, by the decorator
     init_weights: Annotated[
         Path | None,
-        typer.Option("--init", help="Start from pretrained weights (a .safetensors file)."),
+        typer.Option(
+            "--init",
+            help="Start from pretrained weights: a .safetensors file of the model's own "
+            "tensors, or for resnet18-frozen / densenet121-frozen torchvision's state dict "
+            "(.pth, read with weights_only, or .safetensors); the plan carries them.",
+        ),
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed for the initial model.")] = None,
 ) -> None:
@@ -96,6 +106,10 @@ def _render_init(ui: Ui, res, name: str) -> None:
         ("site", "fingerprint"),
     )
     ui.info(f"coordinator fingerprint: {s['coordinator']['fingerprint']}")
+    p = res.pretrained or {}
+    if p.get("frozen"):  # the plan carries the backbone: say which one it pinned
+        ui.info(f"frozen backbone {p['backbone']}: weights sha256 {p['sha256']}")
+        ui.info(f"  imported from {p['file']} (file sha256 {p['file_sha256']})")
     ui.info(f"wrote {res.plan_path} and {res.model_path}; send both to every site")
 
 

@@ -110,6 +110,14 @@ def simulate(
         int | None, typer.Option("--workers", help="Decoding processes (default: all cores).")
     ] = None,
     device: DeviceOpt = "cpu",
+    init_weights: Annotated[
+        Path | None,
+        typer.Option(
+            "--init",
+            help="Pretrained weights, as for fedxray init (for resnet18-frozen / "
+            "densenet121-frozen: torchvision's state dict).",
+        ),
+    ] = None,
 ) -> None:
     """Run a whole federation on this machine: every site, the coordinator and the courier.
 
@@ -140,6 +148,7 @@ def simulate(
         device=device,
         audit_canaries=audit_canaries,
         canary_seed=seed,
+        init_weights=init_weights,
         **plan_options,
     )
 

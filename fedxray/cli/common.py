@@ -215,7 +215,9 @@ def relaunch(nproc: int) -> None:
 
 # The plan settings that commands take as options (fedxray.settings.OPTIONS), with their help.
 PLAN_OPTIONS = {
-    "model": "Model: scatter-linear, smallcnn, tinycnn or resnet18 (or a plug-in's).",
+    "model": "Model: scatter-linear, smallcnn, tinycnn, resnet18, resnet18-frozen or "
+    "densenet121-frozen (a linear head on a frozen pretrained network: give its weights with "
+    "--init), or a plug-in's.",
     "image_size": "Input size in pixels.",
     "classes": "Comma-separated class names.",
     "rounds": "Number of federated rounds.",
@@ -226,7 +228,7 @@ PLAN_OPTIONS = {
     "delta": "Privacy delta.",
     "full_batch": "Every patient in every step (q = 1) instead of Poisson batches.",
     "bias_lr": "Learning rate of the biases (0: --lr).",
-    "centering": "Round 1 releases the DP mean feature (scatter-linear).",
+    "centering": "Round 1 releases the DP mean feature (scatter-linear, *-frozen).",
     "clip_norm": "DP-SGD per-example clipping norm.",
     "allow_no_dp": "Accept non-private (--no-dp) updates.",
     "privacy_unit": "What DP protects: auto (the patient when known), patient or image.",

@@ -4,6 +4,7 @@ entry-point group (the contract is in fedxray.models.spec), and the tensor layou
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from importlib.metadata import entry_points
 
@@ -12,6 +13,13 @@ import torch
 from torch import nn
 
 from fedxray.errors import FedxrayError, VerificationError
+from fedxray.models.backbone import (
+    SUFFIX,
+    backbone_of,
+    build_unweighted,
+    build_weighted,
+    split_model_id,
+)
 from fedxray.models.resnet import resnet18
 from fedxray.models.scatterlinear import UnitImages, build_scatter_linear
 from fedxray.models.smallcnn import SmallCNN
@@ -52,8 +60,26 @@ BUILTIN = (
         front_end="front_end",
         description="wavelet scattering (J=3, L=8, order 2) and a linear head",
     ),
+    # A frozen pretrained network (fixed front end) and the same linear head: the backbone's
+    # weights are imported at init and travel in the plan (fedxray.models.backbone).
+    *(
+        ModelSpec(
+            f"{name}{SUFFIX}",
+            functools.partial(build_unweighted, f"{name}{SUFFIX}"),
+            image_sizes=(32, 128),
+            input_view=UnitImages,
+            front_end="front_end",
+            description=f"a linear head on a frozen pretrained {title} "
+            "(torchvision weights imported at init)",
+        )
+        for name, title in (("resnet18", "ResNet-18"), ("densenet121", "DenseNet-121"))
+    ),
 )
-MODEL_NAMES: tuple[str, ...] = tuple(s.name for s in BUILTIN)  # the built-in models
+# The built-in models that build from a seed alone, and those that need imported weights.
+PRETRAINED_NAMES: tuple[str, ...] = tuple(
+    s.name for s in BUILTIN if backbone_of(s.name) is not None
+)
+MODEL_NAMES: tuple[str, ...] = tuple(s.name for s in BUILTIN if s.name not in PRETRAINED_NAMES)
 
 
 @functools.cache
@@ -61,7 +87,7 @@ def _plugins() -> dict[str, ModelSpec]:
     """The specs that installed packages register under ``fedxray.models``."""
     found: dict[str, ModelSpec] = {}
     for ep in entry_points(group=ENTRY_POINTS):
-        if ep.name in MODEL_NAMES or ep.name in found:
+        if ep.name in MODEL_NAMES + PRETRAINED_NAMES or ep.name in found:
             raise FedxrayError(f"two models are named {ep.name!r} (plug-in {ep.value})")
         try:
             obj = ep.load()
@@ -86,10 +112,18 @@ def reload_plugins() -> None:
 
 def model_names() -> tuple[str, ...]:
     """Every model this installation can train: the built-in ones, then the plug-ins."""
-    return MODEL_NAMES + tuple(sorted(_plugins()))
+    return MODEL_NAMES + PRETRAINED_NAMES + tuple(sorted(_plugins()))
 
 
 def get_spec(arch: str) -> ModelSpec:
+    """The spec of a model id: an architecture's name, or for a frozen-backbone model
+    ``name@<sha256 of its backbone weights>`` (the weights it builds with)."""
+    arch, digest = split_model_id(arch)
+    if digest is not None:
+        spec = get_spec(arch)
+        if backbone_of(arch) is None:
+            raise FedxrayError(f"{arch} takes no pretrained backbone")
+        return dataclasses.replace(spec, build=functools.partial(build_weighted, arch, digest))
     for spec in BUILTIN:  # no entry-point scan for the built-in models
         if spec.name == arch:
             return spec
@@ -107,12 +141,21 @@ def check_model(model, num_classes: int, centering: bool = False, augment: bool 
     arch, image_size and in_channels; ``centering`` needs a head with a ``center``;
     ``augment`` a model without a fixed front end (whose features are cached per image)."""
     spec = get_spec(model.arch)
+    needs = backbone_of(model.arch)
+    if needs and not model.backbone_sha256:
+        raise FedxrayError(
+            f"{model.arch} needs pretrained weights",
+            hint=f"give torchvision's {needs} state dict (a .pth or .safetensors file)",
+            option="init",
+        )
+    if model.backbone_sha256 and not needs:
+        raise FedxrayError(f"{model.arch} takes no pretrained backbone")
     if model.in_channels not in spec.in_channels:
         if spec.in_channels == (1,):
             raise FedxrayError("models take single-channel (greyscale) input")
         raise FedxrayError(f"{spec.name} takes {' or '.join(map(str, spec.in_channels))} channels")
     with torch.device("meta"):  # shapes only
-        module = build_model(model.arch, model.image_size, num_classes, model.in_channels)
+        module = build_model(model.model_id, model.image_size, num_classes, model.in_channels)
     if spec.front_end is not None:
         front = module.get_submodule(spec.front_end)
         if any(p.requires_grad for p in front.parameters()):

@@ -96,6 +96,7 @@ class SimulationConfig:
     bootstrap: int = 1000
     workers: int | None = None
     device: str = "cpu"
+    init_weights: Path | None = None  # pretrained weights for init (fedxray init --init)
     # The one-run canary audit at the first site: K canaries; their coins from the OS unless
     # canary_seed is given.
     audit_canaries: int = 0
@@ -239,7 +240,10 @@ class Simulation:
         write_shard(self.eval_dir / "test.shard", held)
         # Coordinator: init from the cards it received.
         cards = [self.coord_dir / INBOX / f"{n}.pub" for n in self.site_names]
-        res = initialise(FEDERATION_NAME, self.coord_dir, cards, settings, seed=cfg.seed)
+        res = initialise(
+            FEDERATION_NAME, self.coord_dir, cards, settings,
+            init_weights=cfg.init_weights, seed=cfg.seed,
+        )  # fmt: skip
         self.plan_path, self.model_path = res.plan_path, res.model_path
         for name in self.site_names:
             self.courier.carry(self.plan_path, self._site_dir(name))

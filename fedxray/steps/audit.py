@@ -131,7 +131,7 @@ def reference_trainer(plan: Plan, seed: int, device: str = "cpu") -> FedxrayTrai
     many epochs as the federation's model had, from a fresh initialisation."""
     s = plan.settings
     model = build_model(
-        s.model.arch, s.model.image_size, len(s.classes), s.model.in_channels, seed=seed
+        s.model.model_id, s.model.image_size, len(s.classes), s.model.in_channels, seed=seed
     )
     return FedxrayTrainer(TrainSettings.from_plan(s), state_to_numpy(model), device=device)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ from fedxray.errors import FedxrayError
 from fedxray.filenames import round_file
 from fedxray.fsio import Undo, check_writable, read_input, write_atomic
 from fedxray.modelfile import build_model_artifact
+from fedxray.models.backbone import backbone_of
+from fedxray.models.pretrained import import_backbone
 from fedxray.models.registry import build_model, state_to_numpy
 from fedxray.plan import create_plan, plan_from_bytes
 from fedxray.settings import FederationSettings
@@ -126,16 +129,27 @@ def initialise(
     # failure while writing removes what this run wrote (a key that existed stays).
     coordinator = coordinator_identity(COORDINATOR, out_dir)
     ident = coordinator.identity
-    plan_data = create_plan(name, ident, sites, settings)
+    settings, backbone_weights = _with_backbone(settings, init_weights)
+    plan_data = create_plan(name, ident, sites, settings, backbone=backbone_weights)
     plan = plan_from_bytes(plan_data)
 
     m = plan.settings.model
-    model = build_model(m.arch, m.image_size, len(plan.settings.classes), m.in_channels, seed=seed)
+    model = build_model(
+        m.model_id, m.image_size, len(plan.settings.classes), m.in_channels, seed=seed
+    )
     if plan.settings.dp.enabled:
         _check_private_training(model, m.arch)
     weights = state_to_numpy(model)
     pretrained = None
-    if init_weights is not None:
+    if backbone_weights is not None:
+        pretrained = {
+            "file": str(init_weights),
+            "backbone": backbone_of(m.arch),
+            "sha256": m.backbone_sha256,
+            "file_sha256": m.backbone_file_sha256,
+            "frozen": True,
+        }
+    elif init_weights is not None:
         loaded, pretrained = load_pretrained(init_weights, plan.model_layout())
         weights.update(loaded)
     provenance = {
@@ -168,6 +182,32 @@ def initialise(
         pretrained,
         plan.settings.warnings(),
     )
+
+
+def _with_backbone(
+    settings: FederationSettings, init_weights: Path | None
+) -> tuple[FederationSettings, dict | None]:
+    """For a frozen-backbone model: the imported weights, and the settings that pin them."""
+    name = backbone_of(settings.model.arch)
+    if name is None:
+        if init_weights is not None and init_weights.suffix.lower() in (".pth", ".pt"):
+            raise FedxrayError(
+                f"{init_weights}: a torchvision .pth file starts a frozen-backbone model only",
+                hint="choose the model resnet18-frozen or densenet121-frozen",
+                option="model",
+            )
+        return settings, None
+    if init_weights is None:
+        raise FedxrayError(
+            f"{settings.model.arch} needs pretrained weights",
+            hint=f"give torchvision's {name} state dict (a .pth or .safetensors file)",
+            option="init",
+        )
+    found = import_backbone(init_weights, name)
+    model = dataclasses.replace(
+        settings.model, backbone_sha256=found.digest, backbone_file_sha256=found.file_sha256
+    )
+    return dataclasses.replace(settings, model=model), found.tensors
 
 
 def _check_private_training(model, arch: str) -> None:

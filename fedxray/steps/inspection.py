@@ -179,6 +179,7 @@ def verify_file(
             "coordinator_fingerprint": plan.coordinator.fingerprint,
             "sites": plan.site_names,
             "settings": plan.settings.flat(),  # what every site trains with
+            **_backbone_details(plan),
         }
         if fingerprint and fingerprint.lower() != plan.coordinator.fingerprint:
             raise VerificationError(
@@ -206,7 +207,8 @@ def verify_file(
         )
     if sender is not None and art.header.sender != sender:
         raise VerificationError(f"{what} was sent by {art.header.sender!r}, expected {sender!r}")
-    details = {"federation": plan.name, "file_sha256": art.digest, "parent": art.header.parent}
+    details = {"federation": plan.name, "file_sha256": art.digest, "parent": art.header.parent,
+               **_backbone_details(plan)}  # fmt: skip
     averaged = averaged_rounds(art) if kind == "model" else None
     if averaged is not None:  # a published average: its parent is the model sites train from
         details["averages_rounds"] = averaged
@@ -218,3 +220,12 @@ def verify_file(
         f"valid {art.header.kind} from {art.header.sender}, round {art.header.round}",
         details,
     )
+
+
+def _backbone_details(plan) -> dict:
+    """A frozen-backbone plan names its pretrained weights (verified with the plan)."""
+    m = plan.settings.model
+    if not m.backbone_sha256:
+        return {}
+    return {"backbone": m.arch, "backbone_sha256": m.backbone_sha256,
+            "backbone_file_sha256": m.backbone_file_sha256}  # fmt: skip

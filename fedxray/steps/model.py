@@ -47,7 +47,7 @@ class LoadedModel:
     @property
     def view(self):
         """The model's input view: how images become its input."""
-        return get_spec(self.plan.settings.model.arch).input_view(self.in_channels)
+        return get_spec(self.plan.settings.model.model_id).input_view(self.in_channels)
 
     def describe(self) -> dict:
         return {
@@ -115,7 +115,7 @@ def load_model(
     what = input_name(model_path)
     art = load_model_artifact(data, plan, what=what)
     m = plan.settings.model
-    module = build_model(m.arch, m.image_size, len(plan.settings.classes), m.in_channels)
+    module = build_model(m.model_id, m.image_size, len(plan.settings.classes), m.in_channels)
     # Writable copies: torch warns (on the user's terminal) about read-only numpy views.
     load_numpy_state(module, {k: np.array(v) for k, v in art.tensors.items()})
     module.eval()

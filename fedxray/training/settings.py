@@ -57,7 +57,7 @@ class TrainSettings:
         def bad(msg: str) -> FedxrayError:
             return FedxrayError(f"invalid training settings: {msg}")
 
-        if self.arch not in model_names():
+        if self.arch.partition("@")[0] not in model_names():
             raise bad(f"unknown arch {self.arch!r} (choose {', '.join(model_names())})")
         if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
             raise bad("need at least two distinct classes")
@@ -110,6 +110,7 @@ class TrainSettings:
                 name = _FROM_PLAN.get(f"{section}.{f.name}", f.name)
                 if name in known:
                     values[name] = getattr(part, f.name)
+        values["arch"] = plan.model.model_id  # a frozen backbone: its weights' digest too
         return cls(**values)
 
     @property
