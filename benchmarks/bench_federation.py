@@ -56,7 +56,7 @@ from fedxray.models.registry import build_model, load_numpy_state, state_to_nump
 from fedxray.settings import DEFAULT_CLASSES  # noqa: E402
 from fedxray.simulation.runner import Simulation, SimulationConfig  # noqa: E402
 from fedxray.simulation.split import split_sites  # noqa: E402
-from fedxray.training.loop import train_round  # noqa: E402
+from fedxray.training.central import train_alone  # noqa: E402
 from fedxray.training.settings import TrainSettings  # noqa: E402
 
 SHARED = Path(os.environ.get("FEDXRAY_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -190,18 +190,8 @@ def run_central(train: Shard, held: Shard, args, dp: bool) -> Outcome:
     t0 = time.perf_counter()
     init = _initial_state(args)
     settings = _settings(args, args.rounds * args.local_epochs, dp)
-    with tempfile.TemporaryDirectory() as tmp:
-        res = train_round(
-            init,
-            train,
-            settings,
-            ledger_path=Path(tmp) / "central.ledger",
-            federation_id="central",
-            round_number=1,
-            device=args.device,
-            seed=args.seed,
-            dp=dp,
-        )
+    res = train_alone(init, train, settings, name="central", device=args.device, seed=args.seed,
+                      dp=dp)  # fmt: skip
     return Outcome(
         run="d" if dp else "a",
         metrics=_evaluate({k: init[k] + res.delta[k] for k in init}, held, args),

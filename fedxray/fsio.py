@@ -10,11 +10,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from fedxray.errors import FedxrayError
 
@@ -111,6 +114,20 @@ def read_input(path: str | os.PathLike, what: str = "file") -> bytes:
         raise FedxrayError(f"permission denied reading {what}: {p}") from None
     except OSError as e:
         raise FedxrayError(f"cannot read {what} {p}: {e.strerror}") from None
+
+
+def read_state_file(path: Path, valid: Callable[[Any], bool], error: str, hint: str) -> Any:
+    """A JSON state file this party keeps: None when there is none; FedxrayError(error, hint)
+    when it does not parse or ``valid`` refuses it (never a guess from a damaged file)."""
+    try:
+        doc = json.loads(Path(path).read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
+        raise FedxrayError(error, hint=hint) from None
+    if not valid(doc):
+        raise FedxrayError(error, hint=hint)
+    return doc
 
 
 def check_writable(path: str | os.PathLike, force: bool = False) -> None:

@@ -9,10 +9,8 @@ can replace it, e.g. to train like the target was trained.
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -71,22 +69,13 @@ class FedxrayTrainer:
     device: str = "cpu"
 
     def __call__(self, shard: Shard, seed: int) -> nn.Module:
-        from fedxray.training.loop import train_round
+        from fedxray.training.central import train_alone
 
         epochs = self.epochs or self.settings.rounds * self.settings.local_epochs
         settings = dataclasses.replace(self.settings, local_epochs=epochs, rounds=1)
-        with tempfile.TemporaryDirectory(prefix="fedxray-audit-") as tmp:
-            result = train_round(
-                self.init_state,
-                shard,
-                settings,
-                ledger_path=Path(tmp) / "ledger.json",
-                federation_id="audit-reference",
-                round_number=1,
-                device=self.device,
-                seed=seed,
-                dp=False,
-            )
+        result = train_alone(
+            self.init_state, shard, settings, name="audit-reference", device=self.device, seed=seed
+        )
         s = self.settings
         model = build_model(s.arch, s.image_size, len(s.classes))
         load_numpy_state(model, {k: self.init_state[k] + result.delta[k] for k in result.delta})

@@ -12,7 +12,6 @@ it received, next to the privacy its ledger says it spent.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from fedxray.audit.canaries import CanarySet, apply_canaries, draw_canaries
@@ -23,6 +22,7 @@ from fedxray.errors import FedxrayError
 from fedxray.fsio import read_input, write_atomic
 from fedxray.steps.audit import accountant_epsilon
 from fedxray.steps.model import load_model
+from fedxray.steps.site_memory import SiteFiles
 
 
 def canary_files(folder: Path, site: str) -> tuple[Path, Path]:
@@ -51,15 +51,10 @@ def plant_canaries(
     }
 
 
-def audit_site(
-    folder: Path,
-    site: str,
-    model_path: Path,
-    plan_path: Path,
-    ledger_path: str | os.PathLike,
-    device: str = "cpu",
-) -> dict:
-    """The one-run audit of the model at ``model_path``, run at the site with its canaries."""
+def audit_site(folder: Path, site: str, model_path: Path, plan_path: Path, device="cpu") -> dict:
+    """The one-run audit of the model at ``model_path``, run at the site (its key, ledger
+    and canaries in ``folder``), against what its ledger says it spent."""
+    ledger_path = SiteFiles.beside_key(folder / f"{site}.key").ledger
     images_path, record_path = canary_files(folder, site)
     try:
         canaries = CanarySet.from_dict(json.loads(read_input(record_path, "canary record")))

@@ -418,10 +418,7 @@ class Simulation:
         folder = self._site_dir(name)
         inbox = folder / INBOX
         final = inbox / self._final_model_name()
-        doc = audit_site(
-            folder, name, final, inbox / self.plan_path.name, folder / f"{name}.ledger",
-            self.cfg.device,
-        )  # fmt: skip
+        doc = audit_site(folder, name, final, inbox / self.plan_path.name, self.cfg.device)
         self.emit("canary-audit", doc)
         return doc
 

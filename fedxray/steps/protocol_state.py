@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Generic, TypeVar
 
 from fedxray.errors import FedxrayError
-from fedxray.fsio import exclusive_lock, write_atomic
+from fedxray.fsio import exclusive_lock, read_state_file, write_atomic
 from fedxray.secagg.records import CoordinatorRound, SiteRound
 
 STATE_FORMAT = "fedxray-secagg-state-v1"
@@ -60,25 +60,19 @@ class LocalState(Generic[R]):
 
 
 def _read(path: Path, party: str, federation_id: str) -> dict:
-    if not path.exists():
-        return {}
-    try:
-        doc = json.loads(path.read_text())
-        ok = (
-            isinstance(doc, dict)
-            and doc.get("format") == STATE_FORMAT
-            and doc.get("party") == party
-            and doc.get("federation") == federation_id
-            and isinstance(doc.get("rounds"), dict)
-        )
-    except (OSError, ValueError, UnicodeDecodeError):
-        ok = False
-    if not ok:
-        raise FedxrayError(
-            f"secure-aggregation state file {path} is unreadable or belongs to someone else",
-            hint="restore it from backup; deleting it would let this party mask or reveal twice",
-        )
-    return doc["rounds"]
+    doc = read_state_file(
+        path,
+        lambda d: (
+            isinstance(d, dict)
+            and d.get("format") == STATE_FORMAT
+            and d.get("party") == party
+            and d.get("federation") == federation_id
+            and isinstance(d.get("rounds"), dict)
+        ),
+        f"secure-aggregation state file {path} is unreadable or belongs to someone else",
+        "restore it from backup; deleting it would let this party mask or reveal twice",
+    )
+    return {} if doc is None else doc["rounds"]
 
 
 def read_state(

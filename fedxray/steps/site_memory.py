@@ -19,8 +19,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedxray.errors import FedxrayError, ProtocolRefusal
-from fedxray.fsio import write_atomic
+from fedxray.errors import ProtocolRefusal
+from fedxray.fsio import read_state_file, write_atomic
 from fedxray.steps.shared import key_folder
 from fedxray.training.ledger import FORMAT, SiteLedger, now, read_document
 
@@ -62,19 +62,17 @@ def site_stem(key: Path) -> str:
 
 def read_record(path: Path) -> dict:
     """The site record's ledgers (id -> what was last seen); empty when there is none."""
-    try:
-        doc = json.loads(path.read_bytes())
-        ok = doc.get("format") == RECORD_FORMAT and isinstance(doc.get("ledgers"), dict)
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError, AttributeError):
-        ok = False
-    if not ok:
-        raise FedxrayError(
-            f"site record {path} is unreadable",
-            hint="restore it from backup with the ledger; it lists the ledgers this site used",
-        )
-    return doc["ledgers"]
+    doc = read_state_file(
+        path,
+        lambda d: (
+            isinstance(d, dict)
+            and d.get("format") == RECORD_FORMAT
+            and isinstance(d.get("ledgers"), dict)
+        ),
+        f"site record {path} is unreadable",
+        "restore it from backup with the ledger; it lists the ledgers this site used",
+    )
+    return {} if doc is None else doc["ledgers"]
 
 
 def remember(files: SiteFiles, site: SiteLedger) -> None:
