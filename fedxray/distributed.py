@@ -13,6 +13,7 @@ single-process no-op, so the library runs unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import os
@@ -133,7 +134,8 @@ def leave() -> None:
     import torch.distributed as dist
 
     if dist.is_initialized():
-        dist.destroy_process_group()
+        with contextlib.suppress(Exception):  # a peer already gone: nothing left to close
+            dist.destroy_process_group()
     _world = World()
 
 

@@ -15,7 +15,7 @@ import typer
 from fedxray import __version__
 from fedxray.cli import commands, common
 from fedxray.cli.common import hint
-from fedxray.distributed import is_follower
+from fedxray.distributed import is_follower, leave
 from fedxray.errors import EXIT_ERROR, EXIT_INTERRUPTED, FedxrayError
 from fedxray.fsio import NO_SPACE, output_error
 
@@ -136,6 +136,10 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             traceback.print_exc()
         _internal(e, json_mode)
+    finally:
+        # Under torchrun, leave the process group before the interpreter exits, so that its
+        # threads stop in order (left to the exit, gloo can abort the process: SIGABRT).
+        leave()
     if code == EXIT_INTERRUPTED:
         print(INTERRUPTED, file=sys.stderr)
         if json_mode:
