@@ -255,8 +255,12 @@ def failure_code(failures: dict, nproc: int) -> int:
         return (1 if code not in (EXIT_WORKER, -signal.SIGTERM) else 2), rank
 
     rank, code = min(codes.items(), key=blame)
+    # A process that stopped on an error of its own (not killed, not a lost peer): the launcher
+    # stopped rank 0 before it could say why; one process says it.
+    own_error = code is not None and 0 < code != EXIT_WORKER
+    hint = "run the same command with --nproc 1 to see its error" if own_error else RESUME_HINT
     raise WorkerLost(f"process {rank} of {nproc} {_how(code)}; the run stopped on every process",
-                     hint=RESUME_HINT)  # fmt: skip
+                     hint=hint)  # fmt: skip
 
 
 def _how(code: int | None) -> str:

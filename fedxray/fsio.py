@@ -106,14 +106,30 @@ def read_input(path: str | os.PathLike, what: str = "file") -> bytes:
     p = Path(path)
     try:
         return p.read_bytes()
-    except FileNotFoundError:
-        raise FedxrayError(f"{what} not found: {p}") from None
-    except IsADirectoryError:
-        raise FedxrayError(f"{what} is a directory, expected a file: {p}") from None
-    except PermissionError:
-        raise FedxrayError(f"permission denied reading {what}: {p}") from None
     except OSError as e:
-        raise FedxrayError(f"cannot read {what} {p}: {e.strerror}") from None
+        raise _read_error(p, what, e) from None
+
+
+def check_readable(path: str | os.PathLike, what: str = "file") -> None:
+    """Fail now, as read_input would, on an input that cannot be read (without reading it)."""
+    if is_stdio(path):
+        return
+    p = Path(path)
+    try:
+        with p.open("rb"):
+            pass
+    except OSError as e:
+        raise _read_error(p, what, e) from None
+
+
+def _read_error(p: Path, what: str, e: OSError) -> FedxrayError:
+    if isinstance(e, FileNotFoundError):
+        return FedxrayError(f"{what} not found: {p}")
+    if isinstance(e, IsADirectoryError):
+        return FedxrayError(f"{what} is a directory, expected a file: {p}")
+    if isinstance(e, PermissionError):
+        return FedxrayError(f"permission denied reading {what}: {p}")
+    return FedxrayError(f"cannot read {what} {p}: {e.strerror}")
 
 
 def read_state_file(path: Path, valid: Callable[[Any], bool], error: str, hint: str) -> Any:

@@ -250,6 +250,20 @@ def test_the_launcher_blames_the_process_that_stopped_first():
         with pytest.raises(WorkerLost) as e:
             failure_code(codes, len(codes))
         assert e.value.message.startswith(words) and e.value.exit_code == EXIT_WORKER
+        # Killed: rerun and resume. Failed on its own: its error is shown by one process.
+        own_error = "failed (exit code" in words
+        assert ("--nproc 1" in e.value.hint) == own_error and (
+            "resumes" in e.value.hint
+        ) != own_error
+
+
+def test_a_missing_input_is_reported_before_the_processes_start(fed):
+    site = _site(fed, "missing")
+    args = _train_args(fed, site, "--nproc", "2")
+    args[args.index("--data") + 1] = str(site / "nothing.shard")
+    r = run_cli(*args)
+    assert r.code == 1 and r.err.strip().endswith(f"shard not found: {site / 'nothing.shard'}")
+    assert _listing(site) == ["hosp-a.key"]
 
 
 def test_no_dp_is_refused_with_several_processes(fed):

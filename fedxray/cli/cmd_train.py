@@ -20,7 +20,7 @@ from fedxray.cli.common import (
     relaunch,
 )
 from fedxray.errors import FedxrayError
-from fedxray.fsio import shown
+from fedxray.fsio import check_readable, shown
 from fedxray.plan import load_plan
 from fedxray.steps.privacy import PrivacyReport, privacy_report
 from fedxray.training.accounting import epsilon_left_text, epsilon_text
@@ -113,6 +113,9 @@ def train_local(
     from fedxray.steps.train_local import SEED_WARNING, check_processes, train_file
 
     check_processes(run.party.plan, not no_dp, nproc)
+    if nproc > 1:  # here, before the processes start: their own errors would be cut short
+        check_readable(model, "global model")
+        check_readable(data, "shard")
     relaunch(nproc)
     notes = [SEED_WARNING] if seed is not None else []
     for note in notes:
