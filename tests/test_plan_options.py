@@ -95,3 +95,27 @@ def test_init_refuses_in_one_line_and_verify_shows_the_options(tmp_path):
     assert "training.class_weights: 1.0, 3.0, 3.0" in r.err
     doc = json.loads(run_cli("verify", tmp_path / "c" / "x.plan", "--json").out)
     assert doc["settings"]["training.class_weights"] == [1.0, 3.0, 3.0]
+
+
+@pytest.mark.parametrize(
+    "options, words, flag",
+    [
+        (
+            ("--augment",),
+            "scatter-linear trains its head on features computed once",
+            "--no-augment",
+        ),
+        (
+            ("--model", "tinycnn", "--centering"),
+            "tinycnn has no center to release",
+            "--no-centering",
+        ),
+    ],
+)
+def test_what_a_model_cannot_do_is_refused_at_init(tmp_path, options, words, flag):
+    for s in ("a", "b", "c"):
+        assert run_cli("keygen", s, "-o", tmp_path, "-q").code == 0
+    r = run_cli("init", "--name", "f", "-o", tmp_path / "coord", *options,
+                *(tmp_path / f"{s}.pub" for s in "abc"))  # fmt: skip
+    assert r.code == 1 and words in r.err and f"({flag})" in r.err, r.err
+    assert "Traceback" not in r.err and not (tmp_path / "coord").exists()

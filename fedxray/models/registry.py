@@ -164,16 +164,16 @@ def check_model(model, num_classes: int, centering: bool = False, augment: bool 
             raise FedxrayError(
                 f"{spec.name} trains its head on features computed once per image: it cannot "
                 "augment the images",
-                hint="augmentation is for the models that train on the images (the CNNs)",
-                option="augment",
+                hint="leave augmentation off for this model",
+                option="no_augment",
             )
     head = getattr(module, "head", None)
     if centering and not (hasattr(head, "embed") and hasattr(head, "center")):
         raise FedxrayError(
             f"{spec.name} has no center to release: centering is for a linear head on a "
             "fixed front end (scatter-linear)",
-            hint="create the plan without centering",
-            option="centering",
+            hint="create the plan without it",
+            option="no_centering",
         )
 
 
