@@ -17,7 +17,8 @@ import numpy as np
 from fedxray.data.prep import prepare
 from fedxray.data.shard import Shard
 from fedxray.data.shard_io import read_shard, write_shard
-from fedxray.simulation.split import holdout_split, patient_keys, split_sites, subset
+from fedxray.data.split import holdout_split, patient_keys, subset
+from fedxray.simulation.split import split_sites
 
 DATA = Path(os.environ.get("FEDXRAY_DATA", "/work/shared/data/kermany224/train"))
 CACHE = Path(os.environ.get("FXR_CACHE", "/tmp/fxr"))
