@@ -10,6 +10,8 @@ EXIT_BUDGET = 4
 EXIT_REFUSED = 5
 # One process of a multi-process run (torchrun, --nproc) died, was killed or hung.
 EXIT_WORKER = 6
+# A privacy audit measured more leakage than the accountant allows (its report is complete).
+EXIT_ALERT = 7
 EXIT_INTERRUPTED = 130
 # Killed by SIGPIPE, as the shell reports it for cat, grep or git: the reader of standard
 # output went away (``fedxray predict ... | head -1``); nothing is printed.
@@ -27,6 +29,9 @@ EXIT_CODES = {
     "too few sites, a second closure",
     EXIT_WORKER: "a process of a multi-process run (--nproc, torchrun) stopped or hung; every "
     "process stopped, nothing half-done was kept: run the same command again to resume",
+    EXIT_ALERT: "a privacy audit (audit, simulate --audit-canaries) proved more leakage than "
+    "the accountant's epsilon allows: a bug in training or accounting; the report and every "
+    "output were written in full",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C); no partial output is left",
     EXIT_BROKEN_PIPE: "standard output was closed early (e.g. by | head); stopped quietly, "
     "like other Unix tools",

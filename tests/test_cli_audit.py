@@ -23,6 +23,7 @@ from safetensors.numpy import save_file
 
 from fedxray.audit import FedxrayTrainer
 from fedxray.data.shard_io import read_shard
+from fedxray.errors import EXIT_ALERT
 from fedxray.models.registry import build_model, state_to_numpy
 from fedxray.settings import DEFAULT_CLASSES
 from fedxray.training.ledger import Ledger
@@ -121,8 +122,9 @@ def fed(tmp_path_factory) -> Federation:
 
 def test_overfitted_non_private_model_shows_clear_leakage(fed):
     r = fed.audit("--json")
-    assert r.code == 0, r.err
     doc = json.loads(r.out)
+    # The plan claims epsilon 0.1, which this non-private model breaks: exit status 7.
+    assert r.code == EXIT_ALERT and doc["exceeds_accountant"], r.err
     assert doc["attack"] == "loss-threshold" and doc["reference_models"] == 0
     assert doc["auc"] >= 0.6
     assert doc["epsilon_lower_bound"]["lower"] > 0
@@ -134,11 +136,14 @@ def test_overfitted_non_private_model_shows_clear_leakage(fed):
 def test_a_claim_the_model_breaks_is_caught(fed):
     """The comparison is not vacuous: against the plan's target the bound objects."""
     r = fed.audit()
-    assert r.code == 0, r.err
+    assert r.code == EXIT_ALERT, r.err  # a script or cron job notices without the JSON
     assert r.out == ""  # without --json, the report is on standard error only
     assert "ALERT: the lower bound exceeds the accountant's epsilon" in r.err
     assert "the plan's target" in r.err and "its target binds only the sites" in r.err
-    doc = json.loads(fed.audit("--json", "-q").out)
+    assert "nothing was written or sent" in r.err  # the report is complete all the same
+    r = fed.audit("--json", "-q")
+    assert r.code == EXIT_ALERT and r.err == ""
+    doc = json.loads(r.out)
     assert doc["accountant"]["source"] == "plan"
     assert doc["accountant_epsilon"] == CLAIMED_EPSILON
     assert doc["epsilon_lower_bound"]["lower"] > CLAIMED_EPSILON and doc["exceeds_accountant"]
@@ -156,7 +161,9 @@ def test_the_ledger_says_what_the_site_spent_on_the_model(fed):
     assert doc["accountant_epsilon"] is None and not doc["exceeds_accountant"]
     assert "infinite: trained without DP" in r.err and "ALERT" not in r.err
     # Round 1's weights came from outside the ledger, and leak: the audit says so.
-    doc = json.loads(fed.audit("--ledger", fed.ledger, "--json", "-q").out)
+    r = fed.audit("--ledger", fed.ledger, "--json", "-q")
+    assert r.code == EXIT_ALERT
+    doc = json.loads(r.out)
     assert doc["accountant"]["rounds"] == 0 and doc["accountant_epsilon"] == 0
     assert doc["exceeds_accountant"]
 
@@ -170,8 +177,8 @@ def test_the_same_seed_gives_the_same_audit(fed):
 
 def test_lira_trains_reference_models_here(fed):
     r = fed.audit("--attack", "lira", "--reference-models", "2", "--json", "-q")
-    assert r.code == 0, r.err
     doc = json.loads(r.out)
+    assert r.code == (EXIT_ALERT if doc["exceeds_accountant"] else 0), r.err
     assert doc["attack"] == "lira-offline" and doc["reference_models"] == 2
     assert 0 <= doc["auc"] <= 1 and math.isfinite(doc["epsilon_lower_bound"]["lower"])
     assert not list(fed.root.rglob("fedxray-audit-*"))  # the reference models' folders
@@ -179,7 +186,7 @@ def test_lira_trains_reference_models_here(fed):
 
 def test_audit_writes_nothing(fed):
     before = sorted(p for p in fed.root.rglob("*"))
-    assert fed.audit("-q").code == 0
+    assert fed.audit("-q").code == EXIT_ALERT  # the leaky model's report, nothing else
     assert sorted(p for p in fed.root.rglob("*")) == before
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fedxray.data.shard_io import read_shard
-from fedxray.errors import FedxrayError
+from fedxray.errors import EXIT_ALERT, FedxrayError
 from fedxray.simulation.courier import TRAVELLING_SUFFIXES, Courier
 from tests.chance import fewest_correct_beyond_chance
 from tests.cli_helpers import run_cli
@@ -135,6 +135,27 @@ def test_canary_bookkeeping_stays_at_its_site(run):
     assert audit["accountant"]["source"] == "ledger" and audit["accountant"]["rounds"] == 3
     assert audit["epsilon_lower"] < audit["accountant_epsilon"] <= 8.0
     assert json.loads((out / "report.json").read_text())["canary_audit"] == audit
+
+
+def test_a_canary_audit_alert_sets_exit_status_7(run, tmp_path, monkeypatch):
+    """The run's report is printed in full, and its exit status tells a script about the
+    alert. The run's own result is replayed with the alert flag set (a real alert needs a
+    broken DP implementation)."""
+    from fedxray.cli import cmd_simulate
+
+    _, doc = run
+    alerting = json.loads(json.dumps(doc))
+    alerting["canary_audit"]["exceeds_accountant"] = True
+    monkeypatch.setattr(cmd_simulate.Simulation, "run", lambda self: alerting)
+    r = run_cli("simulate", "-o", tmp_path / "run", "--audit-canaries", str(CANARIES), "--json")
+    assert r.code == EXIT_ALERT, r.err
+    assert json.loads(r.out)["canary_audit"]["exceeds_accountant"]
+    assert "ALERT: the lower bound exceeds the accountant's epsilon" in r.err
+    assert "every file of the run is in" in r.err
+    # Without the alert, the same replay exits 0.
+    monkeypatch.setattr(cmd_simulate.Simulation, "run", lambda self: doc)
+    r = run_cli("simulate", "-o", tmp_path / "run2", "--audit-canaries", str(CANARIES), "-q")
+    assert r.code == 0, r.err
 
 
 def test_every_artifact_verifies(run):

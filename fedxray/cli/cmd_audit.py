@@ -11,6 +11,7 @@ from rich.markup import escape
 
 from fedxray.cli.common import DeviceOpt, PlanOpt, Run, Ui, argument, command
 from fedxray.cli.render import render_audit_alert
+from fedxray.errors import EXIT_ALERT
 from fedxray.training.accounting import epsilon_text
 
 EXAMPLES = {
@@ -98,7 +99,7 @@ def audit(
         ),
     ] = None,
     device: DeviceOpt = "cpu",
-) -> None:
+) -> int | None:
     """Audit what a model leaks about this site's patients, next to what DP promises.
 
     Runs locally, at the site: nothing is written and nothing leaves this machine. The model
@@ -111,7 +112,7 @@ def audit(
     confidence), next to the accountant's epsilon (an upper bound): what this site spent on
     the model according to --ledger, or else the plan's target. A lower bound above the
     accountant's epsilon means a bug in training or accounting: the report says so, and
-    exceeds_accountant is true in --json (the exit status stays 0). A lower bound of 0 does
+    exceeds_accountant is true in --json, and the exit status is 7. A lower bound of 0 does
     not prove a model private; with few patients no audit can show much (the report gives
     the largest bound it could have shown). See docs/privacy.md, "Auditing what a model
     leaks".
@@ -132,7 +133,9 @@ def audit(
             device=device,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
-    run.done(res.to_dict(), lambda: _render(run.ui, res))
+    doc = res.to_dict()
+    run.done(doc, lambda: _render(run.ui, res))
+    return EXIT_ALERT if doc["exceeds_accountant"] else None
 
 
 def _eps(x: float | None) -> str:

@@ -11,7 +11,7 @@ import typer
 
 from fedxray.cli.common import PLAN_OPTIONS, DeviceOpt, Run, Ui, command
 from fedxray.cli.render import render_audit_alert, render_report
-from fedxray.errors import FedxrayError
+from fedxray.errors import EXIT_ALERT, FedxrayError
 from fedxray.simulation.runner import Simulation, SimulationConfig
 from fedxray.training.accounting import epsilon_text
 
@@ -118,7 +118,7 @@ def simulate(
             "densenet121-frozen: torchvision's state dict).",
         ),
     ] = None,
-) -> None:
+) -> int | None:
     """Run a whole federation on this machine: every site, the coordinator and the courier.
 
     Each party gets a folder in the run folder (its key, shard, ledger, updates); a courier
@@ -132,8 +132,9 @@ def simulate(
     system's entropy (from --seed when given). After the last round that site audits the
     final model with them (Steinke, Nasr & Jagielski 2023: privacy auditing with one training
     run) and the report shows the epsilon the audit proves (a lower bound, 95%) next to the
-    epsilon the site's ledger says it spent. The canaries' images and coins stay in that
-    site's folder; the courier never carries them.
+    epsilon the site's ledger says it spent; exit status 7 when the lower bound exceeds it.
+    The canaries' images and coins stay in that site's folder; the courier never carries
+    them.
     """
     cfg = SimulationConfig(
         out=output,
@@ -162,6 +163,8 @@ def simulate(
         run.ui.info(f"every file of the run is in {output}; report: {output / 'report.json'}")
 
     run.done(result, render)
+    audit = result["canary_audit"]
+    return EXIT_ALERT if audit is not None and audit["exceeds_accountant"] else None
 
 
 LEGEND = (

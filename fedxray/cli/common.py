@@ -368,7 +368,7 @@ def command(
     its parameters that may be ``-`` (standard output), which --json must not share.
     """
 
-    def wrap(fn: Callable[..., None]) -> Callable[..., None]:
+    def wrap(fn: Callable[..., int | None]) -> Callable[..., int | None]:
         sig = inspect.signature(fn, eval_str=True)
         params = []
         for p in list(sig.parameters.values())[1:]:  # the first receives the Run
@@ -390,7 +390,7 @@ def command(
         floats = [p.name for p in params if _is_float(p.annotation)]
 
         @functools.wraps(fn)
-        def run(**kwargs) -> None:
+        def run(**kwargs) -> int | None:
             check_finite({name: kwargs[name] for name in floats})
             ui = start(kwargs.pop("quiet"), kwargs.pop("json_out"), *map(kwargs.get, outputs))
             me = plan_path = None
@@ -401,7 +401,9 @@ def command(
             if plan_options is not None:
                 kwargs["plan_options"] = {name: kwargs.pop(name) for name in plan_options}
             try:
-                fn(Run(ui, me, forced, plan_path), **kwargs)
+                # A command may return an exit status for an outcome that is not an error
+                # (audit's alert: the report is complete, exit 7); None means 0.
+                return fn(Run(ui, me, forced, plan_path), **kwargs)
             except BrokenPipeError:
                 _quiet_on_broken_pipe()
 
