@@ -108,3 +108,15 @@ def test_one_patient_moves_the_released_sum_by_at_most_one():
     for gone in range(6):
         without = total([p for p in range(6) if p != gone])
         assert np.linalg.norm(everyone - without) <= 1 + 1e-9
+
+
+def test_the_first_round_reports_its_features_and_later_rounds_reuse_them(tmp_path):
+    s, state, heard = _settings(), state_to_numpy(build_model("scatter-linear", SIZE, 3)), []
+    for r in (1, 2):
+        res = train_round(state, _shard(), s, ledger_path=tmp_path / "ledger.json",
+                          federation_id="fed", round_number=r, seed=7,
+                          features_dir=tmp_path / "features",
+                          features_progress=lambda *a, r=r: heard.append((r, *a)))  # fmt: skip
+        state = {k: state[k] + res.delta[k] for k in state}
+    assert heard and heard[-1] == (1, 36, 36)  # round 1 computed all 36 images, round 2 none
+    assert [d for _, d, _ in heard] == sorted(d for _, d, _ in heard)

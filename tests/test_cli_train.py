@@ -43,6 +43,7 @@ def test_update_verifies_and_ledger_records_it(site):
     assert r.code == 0, r.err
     doc = json.loads(r.out)
     assert doc["dp"] is True and doc["unit"] == "patient" and 0 < doc["epsilon"] <= 4
+    assert doc["centring"] is False  # tinycnn: every round trains
     v = run_cli("verify", d / "a.update", "--plan", plan, "--sender", "hosp-a", "--round", "1")
     assert v.code == 0, v.err
     info = json.loads(run_cli("inspect", d / "a.update", "--json").out)
@@ -87,3 +88,19 @@ def test_wrong_model_is_rejected(site, tmp_path):
     r = run_cli("train-local", fake, "--data", d / "a.shard", "--plan", plan, "--key", key,
                 "-o", tmp_path / "y.update")  # fmt: skip
     assert r.code == EXIT_VERIFY and not (tmp_path / "y.update").exists()
+
+
+def test_the_centring_round_says_it_releases_a_mean_not_a_loss(tmp_path):
+    """Round 1 of the default model trains nothing: the report says so instead of 'loss 0'."""
+    make_federation(tmp_path, "centred", "--image-size", "32", "--epsilon", "4")
+    plan, key = tmp_path / "coordinator" / "centred.plan", tmp_path / "hosp-a.key"
+    r = run_cli("prep", REPO / "sample_data" / "hospital-c", "-o", tmp_path / "a.shard",
+                "--plan", plan, "--key", key, "-q")  # fmt: skip
+    assert r.code == 0, r.err
+    r = run_cli("train-local", tmp_path / "coordinator" / "round-0001.model", "--data",
+                tmp_path / "a.shard", "--plan", plan, "--key", key, "-o", tmp_path / "a.update",
+                "--json")  # fmt: skip
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["centring"] is True
+    assert "none: this round releases the mean feature (centring)" in r.err
+    assert "0.0000" not in r.err

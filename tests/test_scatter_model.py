@@ -67,6 +67,19 @@ def test_features_are_cached_privately_and_reused(tmp_path, monkeypatch):
     assert np.array_equal(features.shard_features(front, images, tmp_path / "cache"), first)
 
 
+def test_computing_features_reports_progress_and_a_cache_hit_does_not(tmp_path, monkeypatch):
+    """The first round's features take minutes on a CPU: the site hears of every batch."""
+    monkeypatch.setattr(features, "BATCH", 2)
+    front = ScatteringFrontEnd(ScatterSettings(32))
+    images = np.random.default_rng(0).integers(0, 255, (5, 32, 32), dtype=np.uint8)
+    heard: list[tuple[int, int]] = []
+    first = features.shard_features(front, images, tmp_path, progress=lambda *a: heard.append(a))
+    assert heard == [(2, 5), (4, 5), (5, 5)]
+    heard.clear()
+    again = features.shard_features(front, images, tmp_path, progress=lambda *a: heard.append(a))
+    assert heard == [] and np.array_equal(first, again)
+
+
 def test_front_end_reuses_the_features_of_a_batch_it_has_seen():
     front = ScatteringFrontEnd(ScatterSettings(32))
     x = torch.rand(4, 1, 32, 32)

@@ -158,6 +158,27 @@ def test_a_canary_audit_alert_sets_exit_status_7(run, tmp_path, monkeypatch):
     assert r.code == 0, r.err
 
 
+def test_the_bar_says_when_a_site_computes_its_features():
+    """Round 1's features take minutes on a CPU: the bar names the work and counts images,
+    then counts the training's steps."""
+    from types import SimpleNamespace
+
+    from fedxray.cli.cmd_simulate import _Reporter
+    from fedxray.cli.common import Ui
+    from fedxray.cli.render import FEATURES_LABEL
+
+    cfg = SimpleNamespace(dp=True, epsilon=8.0, local_epochs=5, rounds=11)
+    with _Reporter(Ui(True, False), cfg) as report:
+        report("round-start", {"round": 1, "sites": ["hospital-a"], "centring": True})
+        report("features", {"round": 1, "site": "hospital-a", "done": 64, "total": 1450})
+        (task,) = report.bar.tasks
+        assert FEATURES_LABEL in task.description and task.fields["unit"] == "images"
+        assert (task.completed, task.total) == (64, 1450)
+        report("training", {"round": 1, "site": "hospital-a", "done": 0, "total": 5})
+        (task,) = report.bar.tasks  # the same site keeps its bar
+        assert "epoch 1 of 5" in task.description and task.fields["unit"] == "steps"
+
+
 def test_every_artifact_verifies(run):
     out, _ = run
     plan = out / "coordinator" / "simulation.plan"

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from fedxray.cli.common import PLAN_OPTIONS, DeviceOpt, Run, Ui, command
-from fedxray.cli.render import render_audit_alert, render_report
+from fedxray.cli.render import FEATURES_LABEL, render_audit_alert, render_report
 from fedxray.errors import EXIT_ALERT, FedxrayError
 from fedxray.simulation.runner import Simulation, SimulationConfig
 from fedxray.training.accounting import epsilon_text
@@ -228,17 +228,28 @@ class _Reporter:
         )
         self.ui.info(f"round {info['round']} of {self.cfg.rounds}: {len(self.sites)} sites {what}")
 
-    def _training(self, info: dict) -> None:
+    def _site_task(self, info: dict) -> None:
+        """The bar of the site whose event this is (a new one when the site changes)."""
         if self.site != info["site"]:
             self.site, self.started = info["site"], time.perf_counter()
             if self.task is not None:
                 self.bar.remove_task(self.task)
             self.task = self.bar.add_task(info["site"], total=info["total"])
+
+    def _features(self, info: dict) -> None:
+        self._site_task(info)
+        self.bar.update(
+            self.task, completed=info["done"], total=info["total"], unit="images",
+            description=f"round {info['round']}, {info['site']}: {FEATURES_LABEL}",
+        )  # fmt: skip
+
+    def _training(self, info: dict) -> None:
+        self._site_task(info)
         epochs = self.cfg.local_epochs
         per_epoch = max(1, info["total"] // epochs)
         epoch = min(epochs, info["done"] // per_epoch + 1)
         self.bar.update(
-            self.task, completed=info["done"], total=info["total"],
+            self.task, completed=info["done"], total=info["total"], unit="steps",
             description=f"round {info['round']}, {info['site']}: epoch {epoch} of {epochs}",
         )  # fmt: skip
 

@@ -19,6 +19,7 @@ from fedxray.cli.common import (
     output_option,
     relaunch,
 )
+from fedxray.cli.render import FEATURES_LABEL
 from fedxray.errors import FedxrayError
 from fedxray.fsio import check_readable, shown
 from fedxray.plan import load_plan
@@ -137,7 +138,18 @@ def train_local(
                 local_epsilon_cap=max_epsilon,
                 new_ledger=new_ledger,
                 progress=lambda done, total: bar.update(
-                    task, completed=done, total=total, description=_epoch(done, total, epochs)
+                    task,
+                    completed=done,
+                    total=total,
+                    description=_epoch(done, total, epochs),
+                    unit="steps",
+                ),
+                features_progress=lambda done, total: bar.update(
+                    task,
+                    completed=done,
+                    total=total,
+                    description=f"{FEATURES_LABEL} (first round only)",
+                    unit="images",
                 ),
             )
     except KeyboardInterrupt:
@@ -147,6 +159,10 @@ def train_local(
         return
     summary = {"update": str(local.path), "ledger": str(local.ledger), **local.summary()}
     summary["warnings"] = [*notes, *summary["warnings"]]
+    from fedxray.training.centering import is_statistics_round  # imports torch: only here
+
+    # Round 1 of a centring plan releases the mean feature: no training, no loss to show.
+    summary["centring"] = is_statistics_round(run.party.plan.settings.training, local.round)
     hint = run.next_command("mask", local.path)
     run.done(summary, lambda: _render_round(run.ui, summary, local, run.party, hint))
 
@@ -190,6 +206,11 @@ def _render_round(ui: Ui, summary: dict, local, me: Party, hint: str) -> None:
     rows = {
         "examples / patients": f"{summary['examples']} / {summary['patients']}",
         "loss per epoch": ", ".join(f"{v:.4f}" for v in summary["losses"]),
+        **(
+            {"loss per epoch": "none: this round releases the mean feature (centring)"}
+            if summary["centring"]
+            else {}
+        ),
         "privacy": privacy,
         "site total": "inf (no DP)"
         if total is None

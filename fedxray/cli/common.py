@@ -156,17 +156,20 @@ class Ui:
 
 
 class _Count(ProgressColumn):
-    """'3/40 steps'; before the total is known, nothing (never a long '0/?')."""
+    """'3/40 steps'; before the total is known, nothing (never a long '0/?'). A task may
+    count another unit than the bar's (``bar.update(task, unit="images")``)."""
 
     def __init__(self, unit: str):
         super().__init__()
-        self.unit = f" {unit}" if unit else ""
+        self.unit = unit
 
     def render(self, task) -> Text:
         if task.total is None:
             return Text("")
+        unit = task.fields.get("unit", self.unit)
         return Text(
-            f"{int(task.completed)}/{int(task.total)}{self.unit}", style="progress.download"
+            f"{int(task.completed)}/{int(task.total)}{' ' + unit if unit else ''}",
+            style="progress.download",
         )
 
 

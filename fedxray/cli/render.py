@@ -7,6 +7,10 @@ from rich.markup import escape
 
 from fedxray.cli.common import Ui
 
+# The first round of a model with a fixed front end computes the shard's features (minutes
+# on a CPU, once per shard): train-local's and simulate's bars say so instead of looking stuck.
+FEATURES_LABEL = "computing features"
+
 _STAGES = {"predict": "running the model", "bootstrap": "bootstrap"}
 
 

@@ -308,6 +308,9 @@ class Simulation:
             progress=lambda done, total: self.emit(
                 "training", {"round": r, "site": name, "done": done, "total": total}
             ),
+            features_progress=lambda done, total: self.emit(
+                "features", {"round": r, "site": name, "done": done, "total": total}
+            ),
         )
         seconds["train"] += time.perf_counter() - t0
         write_atomic(folder / round_file("update", r, name), local.update, mode=0o600)

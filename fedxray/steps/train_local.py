@@ -82,6 +82,7 @@ def train_local(
     local_epsilon_cap: float | None = None,
     new_ledger: bool = False,
     progress: Progress | None = None,
+    features_progress: Progress | None = None,
     what: str = "global model",
 ) -> LocalRound:
     """Verify the round's global model (``what`` names it), train on the shard, return the
@@ -124,6 +125,7 @@ def train_local(
         checkpoint_dir=files.checkpoints,
         features_dir=files.features,
         progress=progress,
+        features_progress=features_progress,
         before_spending=lambda site: remember(files, site),
     )
     remember(files, SiteLedger.load(files.ledger))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,8 @@ from fedxray.models.inputs import to_unit_range
 
 BATCH = 64  # images per forward pass of the front end: memory only
 FORMAT_VERSION = "1"
+# progress(images done, images in all): computing features can take minutes on a CPU, once.
+Progress = Callable[[int, int], None]
 
 
 def pixels_hash(images: np.ndarray) -> str:
@@ -38,7 +41,10 @@ def cache_path(folder: Path, front_end: FixedFrontEnd, images: np.ndarray) -> Pa
 
 
 def compute(
-    front_end: FixedFrontEnd, images: np.ndarray, device: str | torch.device = "cpu"
+    front_end: FixedFrontEnd,
+    images: np.ndarray,
+    device: str | torch.device = "cpu",
+    progress: Progress | None = None,
 ) -> np.ndarray:
     """Features float32 [N, *output_shape] of uint8/uint16 images [N, H, W]."""
     out = np.empty((len(images), *front_end.output_shape), dtype=np.float32)
@@ -47,6 +53,8 @@ def compute(
         for start in range(0, len(images), BATCH):
             x = to_unit_range(images[start : start + BATCH]).to(device)
             out[start : start + BATCH] = front_end(x).float().cpu().numpy()
+            if progress is not None:
+                progress(min(start + BATCH, len(images)), len(images))
     return out
 
 
@@ -55,9 +63,11 @@ def shard_features(
     images: np.ndarray,
     cache_dir: str | Path | None,
     device: str | torch.device = "cpu",
+    progress: Progress | None = None,
 ) -> np.ndarray:
     """The features of ``images``: from the cache in ``cache_dir`` when present and whole,
-    else computed (and cached when ``cache_dir`` is given)."""
+    else computed (and cached when ``cache_dir`` is given); ``progress`` hears of the images
+    computed, never of a cache hit."""
     expected = (len(images), *front_end.output_shape)
     path = None if cache_dir is None else cache_path(Path(cache_dir), front_end, images)
     if path is not None and path.is_file():
@@ -67,7 +77,7 @@ def shard_features(
                 return cached
         except (OSError, ValueError):
             pass  # unreadable (a damaged disk, an old format): computed again and replaced
-    feats = compute(front_end, images, device)
+    feats = compute(front_end, images, device, progress)
     if path is not None:
         make_folder(path.parent, mode=0o700)
         buf = io.BytesIO()

@@ -71,6 +71,7 @@ def train_round(
     checkpoint_dir: str | Path | None = None,
     features_dir: str | Path | None = None,
     progress: Progress | None = None,
+    features_progress: Progress | None = None,
     federation_name: str | None = None,
     before_spending: Callable[[SiteLedger], None] | None = None,
 ) -> RoundResult:
@@ -81,7 +82,8 @@ def train_round(
     a seed known outside the site makes the noise public) derived from it. A rerun after a
     crash replays unfinished epochs with their recorded seeds and counts them once.
     ``before_spending`` is called with the ledger before the run counts anything.
-    A model with a fixed front end trains on the shard's features, cached in ``features_dir``.
+    A model with a fixed front end trains on the shard's features, cached in ``features_dir``
+    (computed once; ``features_progress`` counts images, ``progress`` training steps).
     Raises BudgetExceededError (nothing trained, nothing written) when this round would take
     the federation's epsilon past its target or local cap, or the site's total past its budget.
     """
@@ -133,7 +135,9 @@ def train_round(
             _open_for_spending(ledger, before_spending)
         feats = None
         if isinstance(model, FrontEndModel) and done < total_epochs:
-            feats = shard_features(model.front_end, shard.images, features_dir, dev)
+            feats = shard_features(
+                model.front_end, shard.images, features_dir, dev, features_progress
+            )
         if statistics:
             epoch_runner = centering.Release(model, feats, sampling.sampler, sigma)
         else:
@@ -141,6 +145,7 @@ def train_round(
                 model, optimizer, shard, settings, sampling, sigma, weights, dev, feats
             )
         replayed = 0
+        progress = None if statistics else progress  # a release: no epochs of training
         for epoch in range(done + 1, total_epochs + 1):
             first = (epoch - 1) * epoch_steps
 
