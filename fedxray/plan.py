@@ -100,15 +100,18 @@ def create_plan(
     sites: list[PublicIdentity],
     settings: FederationSettings,
     backbone: dict | None = None,
+    federation_id: str | None = None,
 ) -> bytes:
     """The signed plan; ``backbone`` (name -> array) is a frozen-backbone model's pretrained
-    weights, which travel inside the plan (signed, and pinned by settings.model)."""
+    weights, which travel inside the plan (signed, and pinned by settings.model). The
+    federation's id is fresh randomness unless given (a simulation with a seed: see
+    fedxray.simulation.runner)."""
     check_name(name)
     check_members(coordinator.public, sites)
     settings.validate(len(sites))
     return build_artifact(
         "plan",
-        federation=secrets.token_hex(16),
+        federation=federation_id or secrets.token_hex(16),
         round=0,
         sender=coordinator.name,
         parent="",

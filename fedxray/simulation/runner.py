@@ -58,6 +58,14 @@ def default_sample_data() -> Path | None:
     return here if (here / "test").is_dir() else None
 
 
+def simulation_federation_id(seed: int) -> str:
+    """The simulated federation's id, derived from the run's seed: the sites' DP noise is
+    drawn from the seed and the federation's id (fedxray.training.replay), so a fresh random
+    id would make every run with the same --seed draw other noise. A real federation's id is
+    fresh randomness (fedxray.plan)."""
+    return hashlib.sha256(f"fedxray-simulation\0{int(seed)}".encode()).hexdigest()[:32]
+
+
 @dataclass
 class SimulationConfig:
     """A simulated run: where, on which data, and the plan's options (fedxray.settings.OPTIONS)."""
@@ -243,6 +251,7 @@ class Simulation:
         res = initialise(
             FEDERATION_NAME, self.coord_dir, cards, settings,
             init_weights=cfg.init_weights, seed=cfg.seed,
+            federation_id=simulation_federation_id(cfg.seed),
         )  # fmt: skip
         self.plan_path, self.model_path = res.plan_path, res.model_path
         for name in self.site_names:

@@ -113,6 +113,7 @@ def initialise(
     init_weights: Path | None = None,
     seed: int | None = None,
     force: bool = False,
+    federation_id: str | None = None,
 ) -> InitResult:
     """Create the federation in ``out_dir``. Nothing is written before every input and
     setting passed its checks, and a failed init leaves nothing behind: no key, card, model
@@ -130,7 +131,9 @@ def initialise(
     coordinator = coordinator_identity(COORDINATOR, out_dir)
     ident = coordinator.identity
     settings, backbone_weights = _with_backbone(settings, init_weights)
-    plan_data = create_plan(name, ident, sites, settings, backbone=backbone_weights)
+    plan_data = create_plan(
+        name, ident, sites, settings, backbone=backbone_weights, federation_id=federation_id
+    )
     plan = plan_from_bytes(plan_data)
 
     m = plan.settings.model
