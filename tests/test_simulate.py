@@ -167,9 +167,11 @@ def test_the_bar_says_when_a_site_computes_its_features():
     from fedxray.cli.common import Ui
     from fedxray.cli.render import FEATURES_LABEL
 
-    cfg = SimpleNamespace(dp=True, epsilon=8.0, local_epochs=5, rounds=11)
+    # The options leave rounds and epochs to the model's defaults: the event has the plan's.
+    cfg = SimpleNamespace(dp=True, epsilon=8.0, local_epochs=None, rounds=None)
     with _Reporter(Ui(True, False), cfg) as report:
-        report("round-start", {"round": 1, "sites": ["hospital-a"], "centring": True})
+        report("round-start", {"round": 1, "sites": ["hospital-a"], "centring": True,
+                               "rounds": 11, "local_epochs": 5})  # fmt: skip
         report("features", {"round": 1, "site": "hospital-a", "done": 64, "total": 1450})
         (task,) = report.bar.tasks
         assert FEATURES_LABEL in task.description and task.fields["unit"] == "images"
@@ -177,6 +179,21 @@ def test_the_bar_says_when_a_site_computes_its_features():
         report("training", {"round": 1, "site": "hospital-a", "done": 0, "total": 5})
         (task,) = report.bar.tasks  # the same site keeps its bar
         assert "epoch 1 of 5" in task.description and task.fields["unit"] == "steps"
+
+
+def test_the_plan_defaults_run_through(tmp_path):
+    """Rounds and epochs left to the model's defaults (the README's `simulate -o run1`): the
+    progress and the round lines use the plan's values (a regression once ended this run
+    with an internal error in round 1)."""
+    r = run_cli("simulate", "-o", tmp_path / "run", "--image-size", "32", "--bootstrap", "0",
+                "--workers", "1", "--json")  # fmt: skip
+    assert r.code == 0, r.err
+    doc = json.loads(r.out)
+    assert len(doc["rounds"]) == 11 and doc["settings"]["rounds"] is None  # as given
+    training = doc["plan_settings"]["training"]  # what ran
+    assert (training["rounds"], training["local_epochs"], training["centering"]) == (11, 5, True)
+    assert "round 1 of 11: 3 sites release their mean feature" in r.err
+    assert "round 2 of 11: 3 sites train 5 epoch(s) each" in r.err
 
 
 def test_every_artifact_verifies(run):

@@ -191,6 +191,7 @@ class _Reporter:
         self.started = 0.0
         self.trained: list[float] = []  # this round's sites' training seconds
         self.sites: list[str] = []
+        self.epochs = 1  # local epochs of the plan (the round-start event says)
         self.legend = True
 
     def __enter__(self):
@@ -224,9 +225,10 @@ class _Reporter:
         what = (
             "release their mean feature with DP noise (centring, no training)"
             if self.centring
-            else f"train {self.cfg.local_epochs} epoch(s) each"
+            else f"train {info['local_epochs']} epoch(s) each"
         )
-        self.ui.info(f"round {info['round']} of {self.cfg.rounds}: {len(self.sites)} sites {what}")
+        self.epochs = info["local_epochs"]
+        self.ui.info(f"round {info['round']} of {info['rounds']}: {len(self.sites)} sites {what}")
 
     def _site_task(self, info: dict) -> None:
         """The bar of the site whose event this is (a new one when the site changes)."""
@@ -245,7 +247,7 @@ class _Reporter:
 
     def _training(self, info: dict) -> None:
         self._site_task(info)
-        epochs = self.cfg.local_epochs
+        epochs = self.epochs
         per_epoch = max(1, info["total"] // epochs)
         epoch = min(epochs, info["done"] // per_epoch + 1)
         self.bar.update(

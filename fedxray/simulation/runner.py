@@ -59,10 +59,9 @@ def default_sample_data() -> Path | None:
 
 
 def simulation_federation_id(seed: int) -> str:
-    """The simulated federation's id, derived from the run's seed: the sites' DP noise is
-    drawn from the seed and the federation's id (fedxray.training.replay), so a fresh random
-    id would make every run with the same --seed draw other noise. A real federation's id is
-    fresh randomness (fedxray.plan)."""
+    """The simulated federation's id, from the run's seed: sites draw their DP noise from the
+    seed and the federation's id (fedxray.training.replay), so a random id (a real federation
+    has one, fedxray.plan) would make every run with the same --seed draw other noise."""
     return hashlib.sha256(f"fedxray-simulation\0{int(seed)}".encode()).hexdigest()[:32]
 
 
@@ -156,6 +155,7 @@ class Simulation:
         settings.check(cfg.sites)
         self.image_size = settings.model.image_size
         self.total_rounds = settings.training.rounds
+        self.local_epochs = settings.training.local_epochs  # the model's default when not set
         self.centring = settings.training.centering  # round 1 releases the mean feature
         return settings
 
@@ -268,7 +268,8 @@ class Simulation:
         site_info: dict[str, dict] = {}
         masked_files = []
         start = {"round": r, "sites": self.site_names, "dropped": dropped}
-        self.emit("round-start", {**start, "centring": self.centring and r == 1})
+        plan = {"rounds": self.total_rounds, "local_epochs": self.local_epochs}  # resolved
+        self.emit("round-start", {**start, **plan, "centring": self.centring and r == 1})
         for name in self.site_names:
             site_info[name], masked = self._site_round(name, r, name in dropped, seconds)
             if masked is not None:
@@ -412,7 +413,8 @@ class Simulation:
             "final_evaluation": final,
             "canary_audit": self._canary_audit() if self.cfg.audit_canaries else None,
             "seconds": round(time.perf_counter() - t_start, 2),
-            "settings": _jsonable(self.cfg),
+            "settings": _jsonable(self.cfg),  # as given; None: left to the model's default
+            "plan_settings": load_plan(self.plan_path).settings.to_dict(),  # what ran
         }
         write_atomic(self.root / "report.json", (json.dumps(summary, indent=1) + "\n").encode())
         return summary
