@@ -193,6 +193,7 @@ def test_the_plan_defaults_run_through(tmp_path):
     training = doc["plan_settings"]["training"]  # what ran
     assert (training["rounds"], training["local_epochs"], training["centering"]) == (11, 5, True)
     assert "round 1 of 11: 3 sites release their mean feature" in r.err
+    assert "s of releases left in this round" in r.err and "of training left" in r.err
     assert "round 2 of 11: 3 sites train 5 epoch(s) each" in r.err
 
 

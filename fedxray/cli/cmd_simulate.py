@@ -274,7 +274,8 @@ class _Reporter:
             line += "; drops out: its update is never delivered"
         if left:
             eta = sum(self.trained) / len(self.trained) * left
-            line += f"; about {eta:.0f}s of training left in this round"
+            work = "releases" if self.centring else "training"
+            line += f"; about {eta:.0f}s of {work} left in this round"
         self.ui.info(line)
 
     def _round(self, info: dict) -> None:
