@@ -210,6 +210,12 @@ def test_refuses_non_empty_run_folder(run):
     assert r.code == 1 and "not empty" in r.err
 
 
+def test_a_negative_seed_is_a_usage_error(tmp_path):
+    r = run_cli("simulate", "-o", tmp_path / "x", "--seed", "-1")
+    assert r.code == 2 and "--seed" in r.err and "Traceback" not in r.err
+    assert not (tmp_path / "x").exists()
+
+
 def test_bad_drop_is_a_usage_error(tmp_path):
     r = run_cli("simulate", "-o", tmp_path / "x", "--drop", "hospital-a")
     assert r.code == 1 and "SITE@ROUND" in r.err

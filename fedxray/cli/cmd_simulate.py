@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from fedxray.cli.common import PLAN_OPTIONS, DeviceOpt, Run, Ui, command
-from fedxray.cli.render import FEATURES_LABEL, render_audit_alert, render_report
+from fedxray.cli.render import FEATURES_LABEL, epoch_of, render_audit_alert, render_report
 from fedxray.errors import EXIT_ALERT, FedxrayError
 from fedxray.simulation.runner import Simulation, SimulationConfig
 from fedxray.training.accounting import epsilon_text
@@ -92,6 +91,7 @@ def simulate(
         int | None,
         typer.Option(
             "--seed",
+            min=0,
             help="Seed for data split and training (default 0); given, it also draws the canaries.",
             show_default=False,
         ),
@@ -182,13 +182,12 @@ class _Reporter:
     per round."""
 
     def __init__(self, ui: Ui, cfg: SimulationConfig):
-        self.ui, self.cfg = ui, cfg
+        self.ui = ui
         self.budget = cfg.epsilon if cfg.dp else None
         self.bar = ui.progress(unit="steps")
         self.task = None
         self.site = None
         self.centring = False  # this round releases the mean feature instead of training
-        self.started = 0.0
         self.trained: list[float] = []  # this round's sites' training seconds
         self.sites: list[str] = []
         self.epochs = 1  # local epochs of the plan (the round-start event says)
@@ -233,7 +232,7 @@ class _Reporter:
     def _site_task(self, info: dict) -> None:
         """The bar of the site whose event this is (a new one when the site changes)."""
         if self.site != info["site"]:
-            self.site, self.started = info["site"], time.perf_counter()
+            self.site = info["site"]
             if self.task is not None:
                 self.bar.remove_task(self.task)
             self.task = self.bar.add_task(info["site"], total=info["total"])
@@ -247,12 +246,10 @@ class _Reporter:
 
     def _training(self, info: dict) -> None:
         self._site_task(info)
-        epochs = self.epochs
-        per_epoch = max(1, info["total"] // epochs)
-        epoch = min(epochs, info["done"] // per_epoch + 1)
+        epoch = epoch_of(info["done"], info["total"], self.epochs)
         self.bar.update(
             self.task, completed=info["done"], total=info["total"], unit="steps",
-            description=f"round {info['round']}, {info['site']}: epoch {epoch} of {epochs}",
+            description=f"round {info['round']}, {info['site']}: epoch {epoch} of {self.epochs}",
         )  # fmt: skip
 
     def _site_round(self, info: dict) -> None:

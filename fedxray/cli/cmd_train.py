@@ -19,7 +19,7 @@ from fedxray.cli.common import (
     output_option,
     relaunch,
 )
-from fedxray.cli.render import FEATURES_LABEL
+from fedxray.cli.render import FEATURES_LABEL, epoch_of
 from fedxray.errors import FedxrayError
 from fedxray.fsio import check_readable, shown
 from fedxray.plan import load_plan
@@ -159,18 +159,13 @@ def train_local(
         return
     summary = {"update": str(local.path), "ledger": str(local.ledger), **local.summary()}
     summary["warnings"] = [*notes, *summary["warnings"]]
-    from fedxray.training.centering import is_statistics_round  # imports torch: only here
-
-    # Round 1 of a centring plan releases the mean feature: no training, no loss to show.
-    summary["centring"] = is_statistics_round(run.party.plan.settings.training, local.round)
     hint = run.next_command("mask", local.path)
     run.done(summary, lambda: _render_round(run.ui, summary, local, run.party, hint))
 
 
 def _epoch(done: int, total: int, epochs: int) -> str:
     """The progress bar's label: which epoch of the round the step is in."""
-    per_epoch = max(1, total // max(1, epochs))
-    return f"training, epoch {min(epochs, done // per_epoch + 1)} of {epochs}"
+    return f"training, epoch {epoch_of(done, total, epochs)} of {epochs}"
 
 
 def _say_spent(run: Run, ledger: Path | None) -> None:
@@ -203,14 +198,12 @@ def _render_round(ui: Ui, summary: dict, local, me: Party, hint: str) -> None:
             f"epsilon {epsilon_text(eps)} of {me.plan.settings.dp.epsilon:g} spent so far "
             f"(delta {summary['delta']:g}, per {summary['unit']})"
         )
+    losses = ", ".join(f"{v:.4f}" for v in summary["losses"])
+    if summary["centring"]:  # round 1 of a centring plan trains nothing: no loss to show
+        losses = "none: this round releases the mean feature (centring)"
     rows = {
         "examples / patients": f"{summary['examples']} / {summary['patients']}",
-        "loss per epoch": ", ".join(f"{v:.4f}" for v in summary["losses"]),
-        **(
-            {"loss per epoch": "none: this round releases the mean feature (centring)"}
-            if summary["centring"]
-            else {}
-        ),
+        "loss per epoch": losses,
         "privacy": privacy,
         "site total": "inf (no DP)"
         if total is None

@@ -11,6 +11,13 @@ from fedxray.cli.common import Ui
 # on a CPU, once per shard): train-local's and simulate's bars say so instead of looking stuck.
 FEATURES_LABEL = "computing features"
 
+
+def epoch_of(done: int, total: int, epochs: int) -> int:
+    """Which of a round's ``epochs`` the step after ``done`` of ``total`` steps is in."""
+    per_epoch = max(1, total // max(1, epochs))
+    return min(epochs, done // per_epoch + 1)
+
+
 _STAGES = {"predict": "running the model", "bootstrap": "bootstrap"}
 
 

@@ -22,6 +22,7 @@ from fedxray.steps.shared import Party
 from fedxray.steps.site_memory import SiteFiles, check_ledger, remember
 from fedxray.training import ranks
 from fedxray.training.accounting import epsilon_value
+from fedxray.training.centering import is_statistics_round
 from fedxray.training.follow import follow_round
 from fedxray.training.ledger import SiteLedger
 from fedxray.training.loop import Progress, RoundResult, train_round
@@ -47,6 +48,7 @@ class LocalRound:
     path: Path | None = None  # where the update was written
     ledger: Path | None = None  # the privacy ledger the round was recorded in
     warnings: tuple[str, ...] = ()  # the site's own (seed on the command line, new ledger)
+    centring: bool = False  # round 1 of a centring plan: a release of the mean feature
 
     def summary(self) -> dict:
         r = self.result
@@ -66,6 +68,7 @@ class LocalRound:
             "replayed_epochs": r.replayed_epochs,
             "site_epsilon": epsilon_value(r.site_epsilon),
             "warnings": [*self.warnings, *r.warnings],
+            "centring": self.centring,
         }
 
 
@@ -156,7 +159,8 @@ def train_local(
         # deterministic), and the file does not tell when or how long the site trained.
         created=model.header.created,
     ).data
-    return LocalRound(update, result, r, warnings=tuple(notes))
+    centring = is_statistics_round(settings, r)
+    return LocalRound(update, result, r, warnings=tuple(notes), centring=centring)
 
 
 def train_file(

@@ -24,7 +24,8 @@ from fedxray.models.inputs import to_unit_range
 
 BATCH = 64  # images per forward pass of the front end: memory only
 FORMAT_VERSION = "1"
-# progress(images done, images in all): computing features can take minutes on a CPU, once.
+# progress(done, total): computing features can take minutes on a CPU (once per shard); the
+# training loop reports its steps the same way (fedxray.training.loop).
 Progress = Callable[[int, int], None]
 
 

@@ -30,12 +30,10 @@ from fedxray.training import budget, centering, checkpoint, ranks, replay
 from fedxray.training.augment import augment, skip_augment
 from fedxray.training.averaging import attach_ema, averaged_state
 from fedxray.training.dp_engine import DPEngine, NoiseGenerator, PrivateOptimizer
-from fedxray.training.features import shard_features
+from fedxray.training.features import Progress, shard_features
 from fedxray.training.ledger import DONE, Ledger, SiteLedger, ledger_lock
 from fedxray.training.sampling import PATIENT, plan_sampling
 from fedxray.training.settings import TrainSettings
-
-Progress = Callable[[int, int], None]
 
 
 @dataclass
