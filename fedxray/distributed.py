@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -157,6 +158,18 @@ def _collective(fn, *args):
         ) from e
 
 
+def settle() -> None:
+    """Wait until every rank has got here: the run's last message has reached every rank.
+    Only where all ranks end a stage together (never after an error mid-step). Without it a
+    rank could close its connections while another still received from it, and gloo then
+    aborts a process at exit (SIGABRT) after it has done its work."""
+    if not _world.distributed:
+        return
+    import torch.distributed as dist
+
+    _collective(dist.barrier)
+
+
 # -- training ------------------------------------------------------------------------------
 def all_reduce_sum(tensors: Sequence) -> None:
     """Add up ``tensors`` (in place) over all ranks; every rank gets the same sums."""
@@ -201,6 +214,7 @@ def gather_rows(rows: np.ndarray) -> np.ndarray:
 
     parts: list[Any] = [None] * _world.size
     _collective(dist.all_gather_object, parts, rows)
+    settle()
     return np.concatenate([p for p in parts if len(p)])  # a rank may have had no items
 
 
@@ -212,6 +226,7 @@ def launch(argv: Sequence[str], nproc: int) -> int:
     Rank 0 reports as a single process would, and its exit code (e.g. 4, budget) is the
     run's. When another rank fails or is killed, every rank stops and this raises WorkerLost.
     """
+    from torch.distributed.elastic.multiprocessing.api import DefaultLogsSpecs
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -219,22 +234,26 @@ def launch(argv: Sequence[str], nproc: int) -> int:
         raise FedxrayError("--nproc under torchrun: let torchrun start the processes")
     # The launcher's own log lines (which rank got which signal) are not for the user.
     logging.getLogger("torch.distributed").setLevel(logging.CRITICAL)
-    config = LaunchConfig(
-        min_nodes=1,
-        max_nodes=1,
-        nproc_per_node=nproc,
-        run_id=f"fedxray-{uuid.uuid4().hex[:12]}",
-        rdzv_backend="c10d",
-        rdzv_endpoint="localhost:0",
-        max_restarts=0,
-        monitor_interval=0.1,
-    )
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ[LAUNCHED_ENV] = "1"
-    try:
-        elastic_launch(config, sys.executable)("-m", "fedxray", *argv)
-    except ChildFailedError as e:
-        return failure_code(e.failures, nproc)
+    # The launcher keeps a folder of its own per run (error files); left to it, one more
+    # torchelastic_* folder would stay in the temporary folder after every run.
+    with tempfile.TemporaryDirectory(prefix="fedxray-nproc-") as launcher_dir:
+        config = LaunchConfig(
+            min_nodes=1,
+            max_nodes=1,
+            nproc_per_node=nproc,
+            run_id=f"fedxray-{uuid.uuid4().hex[:12]}",
+            rdzv_backend="c10d",
+            rdzv_endpoint="localhost:0",
+            max_restarts=0,
+            monitor_interval=0.1,
+            logs_specs=DefaultLogsSpecs(log_dir=launcher_dir),
+        )
+        try:
+            elastic_launch(config, sys.executable)("-m", "fedxray", *argv)
+        except ChildFailedError as e:
+            return failure_code(e.failures, nproc)
     return 0
 
 

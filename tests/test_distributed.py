@@ -82,6 +82,7 @@ def _site(fed, name: str) -> Path:
     folder = d / name
     folder.mkdir()
     shutil.copy2(key, folder / key.name)
+    (d / f"{name}-tmp").mkdir()  # its TMPDIR (_env)
     return folder
 
 
@@ -97,9 +98,14 @@ def _train_args(fed, site: Path, *extra, federation: str = "dist") -> list[str]:
 def _env(fed, site: Path) -> dict:
     d = fed[0]
     env = dict(os.environ, OMP_NUM_THREADS="1", NO_COLOR="1", WATCH=str(site) + os.sep,
-               WATCH_LOG=str(d / f"{site.name}-writes"))  # fmt: skip
+               WATCH_LOG=str(d / f"{site.name}-writes"), TMPDIR=str(_tmp(fed, site)))  # fmt: skip
     env["PYTHONPATH"] = os.pathsep.join([str(d / "hooks"), str(REPO)])
     return env
+
+
+def _tmp(fed, site: Path) -> Path:
+    """The temporary folder of the processes run for ``site``: left empty after a run."""
+    return fed[0] / f"{site.name}-tmp"
 
 
 def _fedxray(fed, site: Path, args: list[str], **kw) -> subprocess.CompletedProcess:
@@ -136,6 +142,7 @@ def test_two_processes_give_the_single_process_update(fed):
     log = fed[0] / "two-writes.rank1"
     assert log.exists() and log.read_text() == ""
     assert not (fed[0] / "two-writes.rank0").exists()  # the hook watches ranks 1.. only
+    assert list(_tmp(fed, two).iterdir()) == []  # the launcher's folder is gone too
 
 
 def test_two_processes_keep_the_same_site_average(fed):
@@ -158,6 +165,7 @@ def test_budget_refusal_stops_every_process_with_its_code(fed):
     errors = [line for line in r.stderr.splitlines() if line.startswith("fedxray: error:")]
     assert len(errors) == 1 and "Traceback" not in r.stderr, r.stderr  # rank 0's alone
     assert _listing(site) == ["hosp-a.key"]
+    assert list(_tmp(fed, site).iterdir()) == []
 
 
 def _rank_pid(parent: int, rank: str) -> int | None:

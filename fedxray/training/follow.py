@@ -12,7 +12,8 @@ from fedxray.training.sampling import plan_sampling
 def follow_round(shard, device) -> None:
     """A rank other than 0: train with rank 0, epoch by epoch, until it says done."""
     message = distributed.broadcast()
-    if message["kind"] != "start":
+    if message["kind"] != "start":  # abort
+        distributed.settle()
         return
     settings, sigma = message["settings"], message["sigma"]
     dp = sigma is not None
@@ -27,3 +28,4 @@ def follow_round(shard, device) -> None:
             runner.run(message["seed"], lambda i: None)
     finally:
         runner.close()
+    distributed.settle()  # done or abort, as rank 0 does

@@ -8,6 +8,9 @@ seed, the state it starts from). It tells the other ranks:
 * ``epoch``: the epoch's seed and the training state (model and optimiser) to start from;
 * ``done``: the round is over.
 
+After ``done`` or ``abort`` every rank waits for the others (:func:`distributed.settle`)
+before it leaves the process group.
+
 The other ranks' side is :func:`fedxray.training.follow.follow_round`.
 
 Within an epoch every rank draws the same Poisson sample from the same seed, takes its
@@ -49,14 +52,19 @@ def lead_epoch(seed: str, model, optimizer):
 
 
 def lead_done() -> None:
-    _send({"kind": "done"})
-    _lead["state"] = "closed"
+    """Rank 0: the round is over (after an epoch that failed the others are not told)."""
+    _close({"kind": "done"})
 
 
 def abort() -> None:
     """Rank 0 stops before or between epochs (an error): the others stop quietly."""
-    if _lead["state"] == "waiting":
-        _send({"kind": "abort"})
+    _close({"kind": "abort"})
+
+
+def _close(message: dict) -> None:
+    """The last message, when the others wait for one; then every rank settles."""
+    if _lead["state"] == "waiting" and _send(message):
+        distributed.settle()
     _lead["state"] = "closed"
 
 
@@ -64,10 +72,13 @@ def reset() -> None:
     _lead["state"] = "waiting"
 
 
-def _send(message: dict) -> None:
+def _send(message: dict) -> bool:
+    """Rank 0: send ``message`` to the others; whether it was sent."""
     world = distributed.world()
     if world.distributed and world.leader and _lead["state"] != "closed":
         distributed.broadcast(message)
+        return True
+    return False
 
 
 def _cpu(tensors: dict) -> dict:
