@@ -12,7 +12,13 @@ from fedxray import keys
 from fedxray.errors import FedxrayError
 from fedxray.secagg import pairwise, prg
 from fedxray.secagg.accumulate import CONTROL, Accumulator, FlatLayout
-from fedxray.secagg.fixedpoint import SecaggParams, check_capacity, decode, encode_into
+from fedxray.secagg.fixedpoint import (
+    SecaggParams,
+    check_capacity,
+    decode,
+    encode_into,
+    max_sites_for,
+)
 from fedxray.secagg.server import ServerConfig, server_step
 
 FED = "f" * 32
@@ -268,6 +274,10 @@ def test_capacity_accepts_plan_defaults_and_validates_settings():
         {"frac_bits": 4, "clip": 1.0, "max_examples": 10},
         {"frac_bits": 24, "clip": 0.0, "max_examples": 10},
         {"frac_bits": 24, "clip": float("nan"), "max_examples": 10},
+        # Below one fixed-point step every update would encode as zero; the second is the
+        # subnormal that once overflowed the capacity check (found by test_fuzz_artifacts).
+        {"frac_bits": 24, "clip": 1e-9, "max_examples": 10},
+        {"frac_bits": 24, "clip": 2.225073858507203e-309, "max_examples": 1_000_000},
         {"frac_bits": 24, "clip": 1.0, "max_examples": 0},
         {"frac_bits": 24.5, "clip": 1.0, "max_examples": 10},
         {"frac_bits": 24, "clip": 1.0, "max_examples": 10, "strict": "yes"},
@@ -278,6 +288,8 @@ def test_capacity_accepts_plan_defaults_and_validates_settings():
     for settings in bad:
         with pytest.raises(FedxrayError):
             check_capacity(settings, 3)
+    # Parameters made without the checks still give a finite site limit, not an overflow.
+    assert max_sites_for(SecaggParams(frac_bits=24, clip=1e-300, max_examples=1)) == 2**64
     # Two sites per round is an explicit opt-in; three stays the default.
     base = {"frac_bits": 24, "clip": 1.0, "max_examples": 10}
     assert SecaggParams.from_settings({**base, "min_sites": 2}).min_sites == 2

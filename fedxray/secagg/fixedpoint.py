@@ -64,6 +64,10 @@ class SecaggParams:
             raise FedxrayError(f"secure aggregation: frac_bits must be in [{lo}, {hi}]")
         if not (math.isfinite(clip) and clip > 0):
             raise FedxrayError("secure aggregation: clip must be a positive number")
+        if clip < 2.0**-frac_bits:  # every update would encode as zero
+            raise FedxrayError(
+                f"secure aggregation: clip {clip:g} is below one fixed-point step (2^-{frac_bits})"
+            )
         if not 1 <= max_examples <= MAX_EXAMPLES_LIMIT:
             raise FedxrayError(
                 f"secure aggregation: max_examples must be in [1, 2^40], got {max_examples}"
@@ -96,7 +100,7 @@ class Capacity:
 
 def max_sites_for(params: SecaggParams) -> int:
     free = WORD_BITS - HEADROOM_BITS - params.value_bits
-    return int(2.0**free) if free >= 0 else 0
+    return int(2.0 ** min(free, WORD_BITS)) if free >= 0 else 0  # 2.0**1000+ would overflow
 
 
 def check_capacity(settings: Mapping | SecaggParams, n_sites: int) -> Capacity:
