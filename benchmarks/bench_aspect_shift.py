@@ -1,18 +1,20 @@
 """Does a model trained on the square kermany224 copies hold up on the original images?
 
-    .venv/bin/python benchmarks/bench_aspect_shift.py [--seed 0] [--keep DIR]
+    .venv/bin/python benchmarks/bench_aspect_shift.py [--seed 0] [--geometry pad] [--keep DIR]
 
 kermany224/train holds the Kermany training images resized to 224 x 224 without keeping their
 aspect ratio; kermany-fullres/train holds 120 of the same images at their original size
-(width / height 0.93 to 2.2). fedxray's prep keeps the aspect ratio and pads (docs/data.md,
-"Pad, not crop"), so the same chest comes out with another geometry from each copy.
+(width / height 0.93 to 2.2). With the plan's geometry ``pad`` (the default) prep keeps the
+aspect ratio and pads, so the same chest comes out with another geometry from each copy;
+with ``stretch`` it resizes to the square (docs/data.md, "Pad or stretch, never crop").
 
-The benchmark runs the default DP federation (`fedxray simulate --sites 3`) on kermany224
-without the 120 images' patients (all their images), then evaluates the final model on
+The benchmark runs the default DP federation (`fedxray simulate --sites 3 --geometry G`)
+on kermany224 without the 120 images' patients (all their images), then evaluates the final
+model on
 those 120 images three ways, each through `fedxray prep` and `fedxray evaluate`:
 
 * ``square copies``: their kermany224 copies;
-* ``originals``: the original files, as a site would export them;
+* ``originals``: the original files, as a site would export them, in the plan's geometry;
 * ``originals squashed``: the originals resized to 224 x 224 without keeping the aspect
   ratio (PIL, outside fedxray): the geometry of the square copies.
 
@@ -87,6 +89,7 @@ def _run(*args) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--geometry", choices=("pad", "stretch"), default="pad")
     ap.add_argument("--keep", type=Path, help="work here and keep the files (default: a temp dir)")
     args = ap.parse_args()
     if not (SQUARE.is_dir() and ORIGINALS.is_dir()):
@@ -98,12 +101,13 @@ def main() -> None:
         n_train = _link_training_set(work / "train", held_out)
         print(f"training: {n_train} kermany224 images without the {len(held_out)} test patients")
         run = work / "run"
-        _run("simulate", "--data", work / "train", "--sites", 3, "--seed", args.seed, "-o", run,
-             "-q")  # fmt: skip
+        _run("simulate", "--data", work / "train", "--sites", 3, "--seed", args.seed,
+             "--geometry", args.geometry, "-o", run, "-q")  # fmt: skip
         plan = run / "coordinator" / "simulation.plan"
         model = max((run / "coordinator").glob("round-*.model"))
         key = next((run / "sites" / "site-1").glob("*.key"))
-        print(f"model: {model.name} of the default DP federation (seed {args.seed})\n")
+        print(f"model: {model.name} of the default DP federation (seed {args.seed}, "
+              f"geometry {args.geometry})\n")  # fmt: skip
         print("| test images (120, 120 patients) | " + " | ".join(SHOWN) + " |")
         print("|---|" + "---:|" * len(SHOWN))
         for label, folder in _test_sets(work).items():

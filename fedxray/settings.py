@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Self
 
 from fedxray.errors import FedxrayError
+from fedxray.geometry import GEOMETRIES
 from fedxray.keys import check_name
 from fedxray.model_defaults import MODEL_DEFAULTS, PLUGIN_DEFAULTS, merged
 from fedxray.secagg.fixedpoint import SecaggParams, check_capacity
@@ -169,17 +170,16 @@ class ModelSettings(_Section):
     # their tensors (fedxray.models.pretrained.tensor_digest) and of the file imported.
     backbone_sha256: str = added_later("")  # a plan without a backbone reads as before
     backbone_file_sha256: str = added_later("")
+    geometry: str = added_later(GEOMETRIES[0])  # pad or stretch: fedxray.geometry
 
     def check(self) -> None:
         _require(16 <= self.image_size <= 1024, "model.image_size", "image-size must be 16 to 1024")
         _require(self.in_channels >= 1, "model.in_channels", "in-channels must be at least 1")
+        _require(self.geometry in GEOMETRIES, "model.geometry", "geometry must be pad or stretch")
         for name in ("backbone_sha256", "backbone_file_sha256"):
             value = getattr(self, name)
-            _require(
-                value == "" or _is_sha256(value),
-                f"model.{name}",
-                f"{label(name)} must be a SHA-256 in hex",
-            )
+            _require(value == "" or _is_sha256(value), f"model.{name}",
+                     f"{label(name)} must be a SHA-256 in hex")  # fmt: skip
 
     @property
     def model_id(self) -> str:
@@ -414,6 +414,7 @@ class FederationSettings(_Section):
 OPTIONS: dict[str, str] = {
     "model": "model.arch",
     "image_size": "model.image_size",
+    "geometry": "model.geometry",
     "classes": "classes",
     "rounds": "training.rounds",
     "local_epochs": "training.local_epochs",

@@ -117,6 +117,7 @@ def apply_canaries(shard: Shard, canaries: CanarySet) -> tuple[Shard, Shard]:
         patients=keys if shard.patients is None else shard.patients,
         image_ids=shard.image_ids,
         meta=dict(shard.meta),
+        geometry=shard.geometry,
     )
     coin = np.zeros(len(shard), dtype=bool)
     coin[is_canary] = np.asarray(canaries.included, dtype=bool)[which[is_canary]]

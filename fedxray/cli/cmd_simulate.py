@@ -17,9 +17,9 @@ from fedxray.training.accounting import epsilon_text
 # The simulation's defaults: the plan's, except where tuned for the bundled sample data.
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(SimulationConfig)}
 SIMULATE_OPTIONS = (
-    "rounds", "local_epochs", "strict", "model", "image_size", "batch_size", "lr", "epsilon",
-    "min_sites", "server_opt", "full_batch", "centering", "privacy_unit", "class_weights",
-    "augment", "ema", "average_last",
+    "rounds", "local_epochs", "strict", "model", "image_size", "geometry", "batch_size", "lr",
+    "epsilon", "min_sites", "server_opt", "full_batch", "centering", "privacy_unit",
+    "class_weights", "augment", "ema", "average_last",
 )  # fmt: skip
 
 EXAMPLES = {

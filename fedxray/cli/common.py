@@ -222,6 +222,8 @@ PLAN_OPTIONS = {
     "densenet121-frozen (a linear head on a frozen pretrained network: give its weights with "
     "--init), or a plug-in's.",
     "image_size": "Input size in pixels.",
+    "geometry": "How prep fits a non-square image into the square: pad (aspect kept, black "
+    "borders) or stretch (resized to the square, so square exports and originals agree).",
     "classes": "Comma-separated class names.",
     "rounds": "Number of federated rounds.",
     "local_epochs": "Epochs per round.",

@@ -35,9 +35,9 @@ def pixel_digest(pixels: np.ndarray, source_shape: tuple[int, int]) -> bytes:
     return h.digest()
 
 
-def decode_one(path: Path, image_size: int) -> tuple:
+def decode_one(path: Path, image_size: int, geometry: str = "pad") -> tuple:
     try:
-        r = load_radiograph(path, image_size)
+        r = load_radiograph(path, image_size, geometry)
     except SkipImage as e:
         return ("skip", e.reason, e.message)
     except MemoryError:
@@ -49,7 +49,7 @@ def decode_one(path: Path, image_size: int) -> tuple:
     return ("ok", r.pixels, r.patient_token, r.kind, r.source_shape)
 
 
-def _decode_star(args: tuple[Path, int]) -> tuple:
+def _decode_star(args: tuple[Path, int, str]) -> tuple:
     return decode_one(*args)
 
 
@@ -64,7 +64,11 @@ def effective_workers(requested: int, files: int) -> int:
 
 
 def decode_all(
-    paths: list[Path], image_size: int, workers: int, progress: Progress | None
+    paths: list[Path],
+    image_size: int,
+    workers: int,
+    progress: Progress | None,
+    geometry: str = "pad",
 ) -> Iterator[tuple]:
     """Decode results in the order of ``paths``, as they come (a generator)."""
     total = len(paths)
@@ -72,7 +76,7 @@ def decode_all(
         progress(0, total)
     if workers <= 1:
         for i, p in enumerate(paths, start=1):
-            yield decode_one(p, image_size)
+            yield decode_one(p, image_size, geometry)
             if progress:
                 progress(i, total)
         return
@@ -81,7 +85,7 @@ def decode_all(
     chunk = max(1, min(16, total // (workers * 8)))
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_ignore_sigint)
     try:
-        tasks = ((p, image_size) for p in paths)
+        tasks = ((p, image_size, geometry) for p in paths)
         for i, res in enumerate(pool.map(_decode_star, tasks, chunksize=chunk), start=1):
             yield res
             if progress:

@@ -118,13 +118,15 @@ def prepare(
     workers: int | None = None,
     progress: Progress | None = None,
     keep_duplicates: bool = False,
+    geometry: str = "pad",
 ) -> tuple[Shard, PrepReport]:
     """Decode, check, label, de-duplicate and pseudonymise every image under ``inputs``.
 
     secret: the site's pseudonym secret (fedxray.data.pseudonym.site_secret); None draws a
     random one, so pseudonyms then differ from shard to shard. keep_duplicates: keep exact
-    duplicates (a published test set keeps its size); they are still counted. Raises
-    FedxrayError when no usable image is found.
+    duplicates (a published test set keeps its size); they are still counted. geometry: pad
+    or stretch (the plan's, fedxray.imaging.normalize). Raises FedxrayError when no usable
+    image is found.
     """
     started = time.monotonic()
     roots = check_inputs(inputs)
@@ -166,7 +168,8 @@ def prepare(
     first_of: dict[bytes, _Item] = {}
     sources: Counter[str] = Counter()
     report.workers = effective_workers(workers, len(items))
-    results = decode_all([it.path for it in items], image_size, report.workers, progress)
+    paths = [it.path for it in items]
+    results = decode_all(paths, image_size, report.workers, progress, geometry)
     for it, res in zip(items, results, strict=True):
         if res[0] == "skip":
             report.skipped.append(SkippedFile(str(it.path), res[1], res[2]))
@@ -206,6 +209,7 @@ def prepare(
             "set; a training shard should not weigh an image twice"
         )
     shard = _build_shard(images, kept_items, tokens, classes, image_size, secret)
+    shard.geometry = geometry
     if dropped:
         # Keyed ids only: evaluation can then tell a reader's row for a dropped copy from
         # a typo (see fedxray.evaluation.reference).

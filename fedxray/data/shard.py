@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fedxray.errors import FedxrayError
+
 # Below this many patients a site's round carries little: with three classes, about 17
 # patients a class or fewer; and under the expected batch size (64 by default) every DP epoch
 # is one step over the whole shard, without the privacy amplification of subsampling (more
@@ -18,7 +20,8 @@ MIN_USEFUL_PATIENTS = 50
 class Shard:
     """In-memory view of a shard.
 
-    images:   uint8 or uint16 array [N, H, W] (H == W == image_size), air dark.
+    images:   uint8 or uint16 array [N, H, W] (H == W == image_size), air dark, made in
+              ``geometry`` (pad or stretch: fedxray.imaging.normalize).
     labels:   int64 array [N], indices into ``classes``.
     patients: array [N] of patient pseudonyms (str, keyed hashes) or None when unknown.
     image_ids: array [N] of str, keyed hashes of the source path (to match reader CSVs).
@@ -34,6 +37,7 @@ class Shard:
     image_ids: np.ndarray | None = None
     duplicate_ids: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
+    geometry: str = "pad"
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -55,3 +59,13 @@ def small_shard_warning(shard: Shard) -> str | None:
         f"this shard has only {n} {unit}, fewer than {MIN_USEFUL_PATIENTS}: its update will "
         "carry little signal and much noise (see docs/data.md, How big a shard should be)"
     )
+
+
+def check_geometry(shard: Shard, geometry: str, name: str = "shard") -> None:
+    """Refuse a shard whose images were fitted into the square otherwise than the plan says:
+    a model does not carry over from one geometry to the other (docs/data.md)."""
+    if shard.geometry != geometry:
+        raise FedxrayError(
+            f"{name} holds images in geometry {shard.geometry}, the plan's is {geometry}",
+            hint="prepare the images again with the plan: fedxray prep --plan PLAN",
+        )

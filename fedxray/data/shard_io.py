@@ -23,6 +23,7 @@ from safetensors.numpy import save as st_save
 from fedxray.data.shard import Shard
 from fedxray.errors import FedxrayError, VerificationError
 from fedxray.fsio import read_input, write_atomic
+from fedxray.geometry import GEOMETRIES
 
 KIND = "shard"
 FORMAT = 2  # the newest format this version reads; a shard is written in the oldest that fits
@@ -93,6 +94,7 @@ def shard_bytes(shard: Shard, created: str | None = None) -> bytes:
         "format": 2 if "duplicate_ids" in tensors else 1,
         "classes": list(shard.classes),
         "image_size": int(shard.image_size),
+        **({} if shard.geometry == "pad" else {"geometry": shard.geometry}),  # pad: as before
         "count": len(shard),
         "payload_sha256": payload_sha256(tensors),
         "created": created or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -170,7 +172,8 @@ def _to_shard(tensors: dict[str, np.ndarray], header: dict, path) -> Shard:
     if "duplicate_ids" in tensors and header.get("format") < 2:
         raise bad
     classes, size = header.get("classes"), header.get("image_size")
-    if not isinstance(classes, list) or not isinstance(size, int):
+    geometry = header.get("geometry", "pad")
+    if not isinstance(classes, list) or not isinstance(size, int) or geometry not in GEOMETRIES:
         raise bad
     images, labels = tensors["images"], tensors["labels"]
     n = len(labels)
@@ -186,6 +189,7 @@ def _to_shard(tensors: dict[str, np.ndarray], header: dict, path) -> Shard:
         image_ids=ids,
         duplicate_ids=dups,
         meta={k: v for k, v in header.items() if k not in ("kind",)},
+        geometry=geometry,
     )
     try:
         _check_shard(shard)

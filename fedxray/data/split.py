@@ -38,6 +38,7 @@ def subset(shard: Shard, index: np.ndarray) -> Shard:
         patients=None if shard.patients is None else shard.patients[index],
         image_ids=None if shard.image_ids is None else shard.image_ids[index],
         meta=dict(shard.meta),
+        geometry=shard.geometry,
     )
 
 

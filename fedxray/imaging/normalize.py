@@ -1,5 +1,10 @@
 """From presentation values (any float range) to the stored square uint8 image.
 
+Two geometries (the plan's ``model.geometry``): ``pad`` scales the longer side to the image
+size and centres the image on black padding (aspect kept); ``stretch`` resizes to the square
+(aspect not kept), so that an image comes out the same whether it was exported square or
+not (docs/data.md, "Pad or stretch").
+
 Order matters: resize (linear), then the percentile window, then the optional inversion,
 then padding. Because every step before the inversion is the same for an image and its
 inverse, a MONOCHROME1 copy of a MONOCHROME2 image comes out as exactly 255 - x
@@ -10,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 from PIL import Image
+
+from fedxray.geometry import GEOMETRIES
 
 LOW_PERCENTILE = 0.5
 HIGH_PERCENTILE = 99.5
@@ -44,12 +51,20 @@ def window(values: np.ndarray) -> np.ndarray:
     return np.clip(out, 0.0, 1.0, out=out).astype(np.float32, copy=False)
 
 
-def to_uint8(values: np.ndarray, image_size: int, invert: bool = False) -> np.ndarray:
-    """Square uint8 [image_size, image_size], air dark, the image centred on black padding."""
+def to_uint8(
+    values: np.ndarray, image_size: int, invert: bool = False, geometry: str = "pad"
+) -> np.ndarray:
+    """Square uint8 [image_size, image_size], air dark: the image centred on black padding
+    (``pad``) or resized to fill the square (``stretch``)."""
     if values.ndim != 2 or values.size == 0:
         raise ValueError(f"expected a non-empty 2-D image, got shape {values.shape}")
+    if geometry not in GEOMETRIES:
+        raise ValueError(f"geometry must be one of {', '.join(GEOMETRIES)}, got {geometry!r}")
     values = np.nan_to_num(values.astype(np.float32, copy=False))
-    rows, cols = fit_size(*values.shape, image_size)
+    if geometry == "stretch":
+        rows = cols = image_size
+    else:
+        rows, cols = fit_size(*values.shape, image_size)
     unit = window(resize(values, rows, cols))
     if invert:
         unit = 1.0 - unit

@@ -26,7 +26,7 @@ Kind = Literal["dicom", "png", "jpeg"]
 class Radiograph:
     """A decoded radiograph ready for a model."""
 
-    pixels: np.ndarray  # uint8 [image_size, image_size], air dark, aspect kept, black padding
+    pixels: np.ndarray  # uint8 [image_size, image_size], air dark, in the plan's geometry
     patient_token: str | None  # DICOM PatientID in clear: pseudonymise before storing
     kind: Kind
     source_shape: tuple[int, int]  # rows, columns of the source image
@@ -42,8 +42,9 @@ def check_image_size(image_size: int) -> int:
     return image_size
 
 
-def load_radiograph(path: str | os.PathLike, image_size: int) -> Radiograph:
-    """Decode a DICOM, PNG or JPEG radiograph, or raise SkipImage saying why not.
+def load_radiograph(path: str | os.PathLike, image_size: int, geometry: str = "pad") -> Radiograph:
+    """Decode a DICOM, PNG or JPEG radiograph in ``geometry`` (pad or stretch, see
+    fedxray.imaging.normalize), or raise SkipImage saying why not.
 
     The plausibility checks run too, but only report: the caller decides (prep skips an
     implausible image, predict can flag it).
@@ -65,11 +66,12 @@ def load_radiograph(path: str | os.PathLike, image_size: int) -> Radiograph:
         d = read_dicom(path)
         if d.values.size == 0:
             raise SkipImage("unreadable", "DICOM image has no pixels")
-        pixels = to_uint8(d.values, image_size, invert=d.invert)
+        pixels = to_uint8(d.values, image_size, invert=d.invert, geometry=geometry)
         verdict = assess(d.values, ImageFacts(d.rows, d.cols, photometric=d.photometric))
         return Radiograph(pixels, d.patient_token, "dicom", (d.rows, d.cols), verdict)
     r = read_raster(path, kind, image_size)
     if r.values.size == 0:
         raise SkipImage("unreadable", "image has no pixels")
     verdict = assess(r.values, ImageFacts(r.rows, r.cols, colour_share=r.colour_share))
-    return Radiograph(to_uint8(r.values, image_size), None, kind, (r.rows, r.cols), verdict)
+    pixels = to_uint8(r.values, image_size, geometry=geometry)
+    return Radiograph(pixels, None, kind, (r.rows, r.cols), verdict)

@@ -80,6 +80,7 @@ class SimulationConfig:
     # model (fedxray.settings_options.PER_MODEL), which then sets them.
     model: str = option_default("model")
     image_size: int | None = None
+    geometry: str = option_default("geometry")
     local_epochs: int | None = None
     rounds: int | None = None
     lr: float | None = None
@@ -104,8 +105,7 @@ class SimulationConfig:
     workers: int | None = None
     device: str = "cpu"
     init_weights: Path | None = None  # pretrained weights for init (fedxray init --init)
-    # The one-run canary audit at the first site: K canaries; their coins from the OS unless
-    # canary_seed is given.
+    # The one-run canary audit at the first site: K canaries, coins from canary_seed or the OS.
     audit_canaries: int = 0
     canary_seed: int | None = None
 
@@ -153,7 +153,7 @@ class Simulation:
         options = {k: getattr(cfg, k) for k in OPTIONS if hasattr(cfg, k)}
         settings = settings_from_options(**options, allow_no_dp=not cfg.dp)
         settings.check(cfg.sites)
-        self.image_size = settings.model.image_size
+        self.pixels = {"image_size": settings.model.image_size, "geometry": settings.model.geometry}
         self.total_rounds = settings.training.rounds
         self.local_epochs = settings.training.local_epochs  # the model's default when not set
         self.centring = settings.training.centering  # round 1 releases the mean feature
@@ -192,7 +192,7 @@ class Simulation:
         secret = hashlib.sha256(f"fedxray-simulation/{cfg.seed}".encode()).digest()
         shard, _ = prepare(
             [data],
-            image_size=self.image_size,
+            **self.pixels,
             classes=DEFAULT_CLASSES,
             secret=secret,
             workers=cfg.workers,
@@ -225,13 +225,8 @@ class Simulation:
             if isinstance(source, Shard):
                 shard = source
             else:
-                shard, _ = prepare(
-                    source,
-                    image_size=self.image_size,
-                    classes=DEFAULT_CLASSES,
-                    secret=site_secret(ident),
-                    workers=cfg.workers,
-                )
+                shard, _ = prepare(source, **self.pixels, classes=DEFAULT_CLASSES,
+                                   secret=site_secret(ident), workers=cfg.workers)  # fmt: skip
             if cfg.audit_canaries and name == self.site_names[0]:
                 shard, planted = plant_canaries(
                     shard, cfg.audit_canaries, folder, name, cfg.canary_seed
@@ -242,9 +237,7 @@ class Simulation:
             self.emit("site", {"site": name, "images": len(shard), "patients": shard.num_patients})
         # Held-out evaluation data lives with an evaluation party, never with the coordinator.
         if not isinstance(held, Shard):
-            held, _ = prepare(
-                held, image_size=self.image_size, classes=DEFAULT_CLASSES, workers=cfg.workers
-            )
+            held, _ = prepare(held, **self.pixels, classes=DEFAULT_CLASSES, workers=cfg.workers)
         write_shard(self.eval_dir / "test.shard", held)
         # Coordinator: init from the cards it received.
         cards = [self.coord_dir / INBOX / f"{n}.pub" for n in self.site_names]

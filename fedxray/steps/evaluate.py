@@ -12,7 +12,7 @@ import numpy as np
 
 from fedxray import distributed
 from fedxray.data.pseudonym import image_id, site_secret
-from fedxray.data.shard import Shard
+from fedxray.data.shard import Shard, check_geometry
 from fedxray.data.shard_io import read_shard
 from fedxray.errors import FedxrayError
 from fedxray.evaluation.bootstrap import DEFAULT_RESAMPLES
@@ -46,6 +46,7 @@ def shard_labels(shard: Shard, plan: Plan, name: str = "shard") -> np.ndarray:
             option="image_size",
             value=size,
         )
+    check_geometry(shard, plan.settings.model.geometry, name)
     classes = list(plan.settings.classes)
     if list(shard.classes) == classes:
         return np.asarray(shard.labels, dtype=np.int64)

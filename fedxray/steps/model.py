@@ -41,6 +41,10 @@ class LoadedModel:
         return self.plan.settings.model.image_size
 
     @property
+    def geometry(self) -> str:
+        return self.plan.settings.model.geometry
+
+    @property
     def in_channels(self) -> int:
         return self.plan.settings.model.in_channels
 

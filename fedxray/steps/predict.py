@@ -155,7 +155,7 @@ def predict_files(
 
     for done, path in enumerate(paths, start=1):
         try:
-            pending.append((path, load_radiograph(path, model.image_size)))
+            pending.append((path, load_radiograph(path, model.image_size, model.geometry)))
             n_images += 1
         except SkipImage as e:
             pending.append((path, e))

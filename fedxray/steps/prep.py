@@ -74,6 +74,7 @@ def prep_files(
     """Prepare the images under ``inputs`` and write the shard to ``output`` (mode 0600), only
     when everything succeeded. With ``identity`` (a site key, which must be a site of ``plan``
     when one is given) pseudonyms are keyed, the same in every run; else random per shard.
+    The images take the plan's geometry (pad without a plan).
 
     ``holdout``: this fraction of the patients (stratified by class) goes to
     ``holdout_output`` (default: SITE.holdout.shard beside ``output``) and never into
@@ -109,6 +110,7 @@ def prep_files(
         workers=workers,
         keep_duplicates=keep_duplicates,
         progress=progress,
+        geometry=plan.settings.model.geometry if plan is not None else "pad",
     )
     if held_path is None:
         write_shard(output, shard, force=force)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from fedxray import distributed
 from fedxray.artifact import build_artifact, read_header
-from fedxray.data.shard import small_shard_warning
+from fedxray.data.shard import check_geometry, small_shard_warning
 from fedxray.data.shard_io import read_shard
 from fedxray.errors import FedxrayError, ProtocolRefusal
 from fedxray.filenames import round_file
@@ -112,6 +112,7 @@ def train_local(
     if local_epsilon_cap is not None and local_epsilon_cap <= 0:
         raise FedxrayError("the local epsilon cap must be positive", option="max_epsilon")
     shard = read_shard(shard_path)
+    check_geometry(shard, plan.settings.model.geometry)
     notes = check_ledger(files, key.name, new_ledger)
     settings = TrainSettings.from_plan(plan.settings, local_epsilon_cap)
     result = train_round(
