@@ -1,4 +1,6 @@
 """How a non-square image is fitted into the model's square input: the plan's
-``model.geometry`` (fedxray.imaging.normalize does it; docs/data.md, "Pad or stretch")."""
+``model.geometry`` (fedxray.imaging.normalize does it; docs/data.md, "Pad or stretch, never
+crop")."""
 
-GEOMETRIES = ("pad", "stretch")  # the first is the default: plans and shards without one
+GEOMETRIES = ("pad", "stretch")
+DEFAULT_GEOMETRY = "pad"  # plans and shards that name none, and prep without a plan

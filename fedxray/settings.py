@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Self
 
 from fedxray.errors import FedxrayError
-from fedxray.geometry import GEOMETRIES
+from fedxray.geometry import DEFAULT_GEOMETRY, GEOMETRIES
 from fedxray.keys import check_name
 from fedxray.model_defaults import MODEL_DEFAULTS, PLUGIN_DEFAULTS, merged
 from fedxray.secagg.fixedpoint import SecaggParams, check_capacity
@@ -170,7 +170,7 @@ class ModelSettings(_Section):
     # their tensors (fedxray.models.pretrained.tensor_digest) and of the file imported.
     backbone_sha256: str = added_later("")  # a plan without a backbone reads as before
     backbone_file_sha256: str = added_later("")
-    geometry: str = added_later(GEOMETRIES[0])  # pad or stretch: fedxray.geometry
+    geometry: str = added_later(DEFAULT_GEOMETRY)  # pad or stretch: fedxray.geometry
 
     def check(self) -> None:
         _require(16 <= self.image_size <= 1024, "model.image_size", "image-size must be 16 to 1024")

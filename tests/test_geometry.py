@@ -80,6 +80,10 @@ def test_the_plan_carries_the_geometry_and_prep_follows_it(feds):
     assert (padded.geometry, stretched.geometry) == ("pad", "stretch")
     assert (padded.images[:, 0, :] == 0).all()  # wide images: black rows above
     assert (stretched.images[:, 0, :] > 0).any()
+    # inspect says which, so a site can tell before train-local refuses a shard.
+    shown = {out: json.loads(run_cli("inspect", d / out, "--json").out)["geometry"]
+             for out in ("p.shard", "s.shard")}  # fmt: skip
+    assert shown == {"p.shard": "pad", "s.shard": "stretch"}
     # A pad plan writes no geometry at all: its plan reads (and hashes) as before.
     doc = json.loads(run_cli("inspect", d / "padded" / "padded.plan", "--json").out)
     assert "geometry" not in json.dumps(doc)

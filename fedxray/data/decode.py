@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedxray.geometry import DEFAULT_GEOMETRY
 from fedxray.imaging import SkipImage, load_radiograph
 
 # Starting a worker process costs about a second; below this many files each, it loses.
@@ -35,7 +36,7 @@ def pixel_digest(pixels: np.ndarray, source_shape: tuple[int, int]) -> bytes:
     return h.digest()
 
 
-def decode_one(path: Path, image_size: int, geometry: str = "pad") -> tuple:
+def decode_one(path: Path, image_size: int, geometry: str = DEFAULT_GEOMETRY) -> tuple:
     try:
         r = load_radiograph(path, image_size, geometry)
     except SkipImage as e:
@@ -68,7 +69,7 @@ def decode_all(
     image_size: int,
     workers: int,
     progress: Progress | None,
-    geometry: str = "pad",
+    geometry: str = DEFAULT_GEOMETRY,
 ) -> Iterator[tuple]:
     """Decode results in the order of ``paths``, as they come (a generator)."""
     total = len(paths)

@@ -29,6 +29,7 @@ from fedxray.data.pseudonym import image_id, patient_pseudonym, random_secret
 from fedxray.data.scan import broken_link, check_inputs, scan_files
 from fedxray.data.shard import Shard
 from fedxray.errors import FedxrayError
+from fedxray.geometry import DEFAULT_GEOMETRY
 from fedxray.imaging import SKIP_REASONS, check_image_size
 from fedxray.imaging.sniff import read_head, sniff
 from fedxray.settings import DEFAULT_CLASSES
@@ -118,7 +119,7 @@ def prepare(
     workers: int | None = None,
     progress: Progress | None = None,
     keep_duplicates: bool = False,
-    geometry: str = "pad",
+    geometry: str = DEFAULT_GEOMETRY,
 ) -> tuple[Shard, PrepReport]:
     """Decode, check, label, de-duplicate and pseudonymise every image under ``inputs``.
 

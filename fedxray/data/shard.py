@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedxray.errors import FedxrayError
+from fedxray.geometry import DEFAULT_GEOMETRY
 
 # Below this many patients a site's round carries little: with three classes, about 17
 # patients a class or fewer; and under the expected batch size (64 by default) every DP epoch
@@ -37,7 +38,7 @@ class Shard:
     image_ids: np.ndarray | None = None
     duplicate_ids: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
-    geometry: str = "pad"
+    geometry: str = DEFAULT_GEOMETRY
 
     def __len__(self) -> int:
         return int(self.images.shape[0])

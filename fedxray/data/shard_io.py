@@ -23,7 +23,7 @@ from safetensors.numpy import save as st_save
 from fedxray.data.shard import Shard
 from fedxray.errors import FedxrayError, VerificationError
 from fedxray.fsio import read_input, write_atomic
-from fedxray.geometry import GEOMETRIES
+from fedxray.geometry import DEFAULT_GEOMETRY, GEOMETRIES
 
 KIND = "shard"
 FORMAT = 2  # the newest format this version reads; a shard is written in the oldest that fits
@@ -94,7 +94,8 @@ def shard_bytes(shard: Shard, created: str | None = None) -> bytes:
         "format": 2 if "duplicate_ids" in tensors else 1,
         "classes": list(shard.classes),
         "image_size": int(shard.image_size),
-        **({} if shard.geometry == "pad" else {"geometry": shard.geometry}),  # pad: as before
+        # The default is left out: such a shard reads (and hashes) as before the setting.
+        **({} if shard.geometry == DEFAULT_GEOMETRY else {"geometry": shard.geometry}),
         "count": len(shard),
         "payload_sha256": payload_sha256(tensors),
         "created": created or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -172,7 +173,7 @@ def _to_shard(tensors: dict[str, np.ndarray], header: dict, path) -> Shard:
     if "duplicate_ids" in tensors and header.get("format") < 2:
         raise bad
     classes, size = header.get("classes"), header.get("image_size")
-    geometry = header.get("geometry", "pad")
+    geometry = header.get("geometry", DEFAULT_GEOMETRY)
     if not isinstance(classes, list) or not isinstance(size, int) or geometry not in GEOMETRIES:
         raise bad
     images, labels = tensors["images"], tensors["labels"]

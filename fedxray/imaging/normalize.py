@@ -3,7 +3,7 @@
 Two geometries (the plan's ``model.geometry``): ``pad`` scales the longer side to the image
 size and centres the image on black padding (aspect kept); ``stretch`` resizes to the square
 (aspect not kept), so that an image comes out the same whether it was exported square or
-not (docs/data.md, "Pad or stretch").
+not (docs/data.md, "Pad or stretch, never crop").
 
 Order matters: resize (linear), then the percentile window, then the optional inversion,
 then padding. Because every step before the inversion is the same for an image and its
@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from fedxray.geometry import GEOMETRIES
+from fedxray.geometry import DEFAULT_GEOMETRY, GEOMETRIES
 
 LOW_PERCENTILE = 0.5
 HIGH_PERCENTILE = 99.5
@@ -52,7 +52,7 @@ def window(values: np.ndarray) -> np.ndarray:
 
 
 def to_uint8(
-    values: np.ndarray, image_size: int, invert: bool = False, geometry: str = "pad"
+    values: np.ndarray, image_size: int, invert: bool = False, geometry: str = DEFAULT_GEOMETRY
 ) -> np.ndarray:
     """Square uint8 [image_size, image_size], air dark: the image centred on black padding
     (``pad``) or resized to fill the square (``stretch``)."""

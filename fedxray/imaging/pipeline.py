@@ -9,6 +9,7 @@ from typing import Literal
 
 import numpy as np
 
+from fedxray.geometry import DEFAULT_GEOMETRY
 from fedxray.imaging.dicom import read_dicom
 from fedxray.imaging.normalize import to_uint8
 from fedxray.imaging.plausibility import ImageFacts, Verdict, assess
@@ -42,7 +43,9 @@ def check_image_size(image_size: int) -> int:
     return image_size
 
 
-def load_radiograph(path: str | os.PathLike, image_size: int, geometry: str = "pad") -> Radiograph:
+def load_radiograph(
+    path: str | os.PathLike, image_size: int, geometry: str = DEFAULT_GEOMETRY
+) -> Radiograph:
     """Decode a DICOM, PNG or JPEG radiograph in ``geometry`` (pad or stretch, see
     fedxray.imaging.normalize), or raise SkipImage saying why not.
 

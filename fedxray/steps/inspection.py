@@ -128,6 +128,7 @@ def describe_shard(shard: Shard, size: int) -> dict:
         "format": meta.get("format"),
         "created": meta.get("created"),
         "image_size": shard.image_size,
+        "geometry": shard.geometry,
         "classes": list(shard.classes),
         "images": len(shard),
         "images_per_class": dict(zip(shard.classes, map(int, per_class), strict=True)),

@@ -15,6 +15,7 @@ from fedxray.data.shard_io import shard_bytes, write_shard
 from fedxray.data.split import holdout_split
 from fedxray.errors import FedxrayError
 from fedxray.fsio import check_writable, is_stdio, write_atomic
+from fedxray.geometry import DEFAULT_GEOMETRY
 from fedxray.keys import PrivateIdentity
 from fedxray.plan import Plan
 from fedxray.steps.shared import ShardFile
@@ -110,7 +111,7 @@ def prep_files(
         workers=workers,
         keep_duplicates=keep_duplicates,
         progress=progress,
-        geometry=plan.settings.model.geometry if plan is not None else "pad",
+        geometry=plan.settings.model.geometry if plan is not None else DEFAULT_GEOMETRY,
     )
     if held_path is None:
         write_shard(output, shard, force=force)
